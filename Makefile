@@ -1,0 +1,40 @@
+# xapi-py: make run | make stop | make test | make bench
+PYTHON ?= python3
+VENV   ?= .venv
+ROOT   ?= ./dom0
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: run stop status test unit system bench venv clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/xapi-ctl --root $(ROOT) up
+
+stop: $(STAMP)
+	$(BIN)/xapi-ctl --root $(ROOT) down
+
+status: $(STAMP)
+	$(BIN)/xapi-ctl --root $(ROOT) status
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+system: $(STAMP)
+	$(BIN)/python -m pytest -q tests/system
+
+bench: $(STAMP)
+	$(BIN)/python bench/startup.py
+
+clean:
+	rm -rf $(VENV) *.egg-info

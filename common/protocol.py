@@ -1,0 +1,82 @@
+"""The bus envelope: msgpack options, request/reply shapes and size limits.
+
+Imports nothing of ours, so every module can use it without cycles.
+
+Request  {"v": 1, "id": n, "m": "db.read_field", "a": [...], "kw": {...}, "dl": deadline}
+Reply    {"id": n, "ok": true, "r": value}  or  {"id": n, "ok": false, "e": [code, param, ...]}
+
+``dl`` is an absolute deadline in seconds since the epoch (a server drops work whose deadline
+has passed). Datetimes travel as msgpack Timestamps in UTC.
+"""
+
+import datetime
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+# ZeroMQ drops a peer that sends more than this; frames between MAX_FRAME_BYTES and this get an
+# error reply instead, so the sender learns why.
+ZMQ_MAXMSGSIZE_BYTES = 2 * MAX_FRAME_BYTES
+
+
+def _default(obj):
+    if isinstance(obj, datetime.datetime):
+        if obj.tzinfo is None:
+            obj = obj.replace(tzinfo=datetime.timezone.utc)
+        return msgpack.Timestamp.from_datetime(obj)
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    raise TypeError(f"cannot send a value of type {type(obj).__name__} on the bus")
+
+
+def pack(value):
+    return msgpack.packb(value, use_bin_type=True, default=_default, datetime=False)
+
+
+def unpack(frame):
+    """Decode one frame; raises ValueError for anything that is not valid msgpack."""
+    if len(frame) > MAX_FRAME_BYTES:
+        raise ValueError(f"frame of {len(frame)} bytes is over the limit of {MAX_FRAME_BYTES}")
+    try:
+        return msgpack.unpackb(
+            frame,
+            raw=False,
+            strict_map_key=False,
+            timestamp=3,  # msgpack Timestamp -> aware datetime in UTC
+        )
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise ValueError(f"undecodable frame: {exc}") from None
+
+
+def request(req_id, method, args=(), kwargs=None, deadline=None):
+    return {"v": PROTOCOL_VERSION, "id": req_id, "m": method, "a": list(args),
+            "kw": kwargs or {}, "dl": deadline}
+
+
+def reply_ok(req_id, result):
+    return {"id": req_id, "ok": True, "r": result}
+
+
+def reply_error(req_id, description):
+    return {"id": req_id, "ok": False, "e": list(description)}
+
+
+def check_request(msg):
+    """Validate a decoded request; returns (id, method, args, kwargs, deadline) or raises
+    ValueError naming what is wrong."""
+    if not isinstance(msg, dict):
+        raise ValueError("request is not a map")
+    if msg.get("v") != PROTOCOL_VERSION:
+        raise ValueError(f"unsupported protocol version {msg.get('v')!r}")
+    req_id, method = msg.get("id"), msg.get("m")
+    args, kwargs, deadline = msg.get("a", []), msg.get("kw", {}), msg.get("dl")
+    if not isinstance(method, str) or not method:
+        raise ValueError("request has no method name")
+    if not isinstance(args, list):
+        raise ValueError("request arguments are not a list")
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise ValueError("request keyword arguments are not a map of names")
+    if deadline is not None and not isinstance(deadline, (int, float)):
+        raise ValueError("request deadline is not a number")
+    return req_id, method, args, kwargs, deadline

@@ -1,0 +1,21 @@
+"""What the start-up steps share: the host's files as read once per run."""
+
+from dataclasses import dataclass, field
+
+from common.paths import Paths
+
+
+@dataclass
+class HostContext:
+    paths: Paths
+    config: object                     # common.config.Config
+    role: object                       # common.poolconf.Role
+    args: object                       # the parsed command line
+    log: object
+    inventory: dict = field(default_factory=dict)
+    local_db: object = None            # common.localdb.LocalDB
+    pool_secret: str | None = None
+    license: object = None             # common.license.License
+    system_boot: bool = False          # first start since the machine booted
+    db_connections: list = field(default_factory=list)
+    notes: dict = field(default_factory=dict)   # facts a step records for status

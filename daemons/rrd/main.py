@@ -1,0 +1,19 @@
+"""xapi-rrd: the metrics monitor (process skeleton; RRDs are the xapi-rrd issue)."""
+
+import sys
+
+from common.daemon import Daemon
+
+
+class RrdDaemon(Daemon):
+    """The metrics monitor. Serves sys.health, sys.stats and sys.set_role; the RRD engine comes with the xapi-rrd issue."""
+
+    program = "xapi-rrd"
+
+
+def main(argv=None):
+    return RrdDaemon.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
