@@ -90,7 +90,7 @@ class Daemon:
     def __init__(self, argv=None):
         self.args = self.parse_args(argv)
         self.paths = Paths(root_from_env(self.args.root))
-        self.config = config_mod.load_config(self.paths)
+        self.config = config_mod.load_config(self.paths, overrides=self.option_overrides())
         self.log = logging.getLogger(self.program)
         self.notifier = Notifier(self.program)
         self.started_at = time.time()
@@ -106,7 +106,18 @@ class Daemon:
     def arg_parser(cls):
         parser = argparse.ArgumentParser(prog=cls.program, description=cls.__doc__)
         parser.add_argument("--root", help="the host's ROOT (default $XAPI_ROOT, else /)")
+        parser.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                            help="set an option of xapi.conf (xapi.conf and xapi.conf.d win)")
         return parser
+
+    def option_overrides(self):
+        overrides = {}
+        for item in self.args.option:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(f"expected KEY=VALUE, got '{item}'", path="command line")
+            overrides[key.strip()] = value.strip()
+        return overrides
 
     @classmethod
     def parse_args(cls, argv):

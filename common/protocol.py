@@ -67,7 +67,7 @@ def check_request(msg):
     ValueError naming what is wrong."""
     if not isinstance(msg, dict):
         raise ValueError("request is not a map")
-    if msg.get("v") != PROTOCOL_VERSION:
+    if type(msg.get("v")) is not int or msg["v"] != PROTOCOL_VERSION:
         raise ValueError(f"unsupported protocol version {msg.get('v')!r}")
     req_id, method = msg.get("id"), msg.get("m")
     args, kwargs, deadline = msg.get("a", []), msg.get("kw", {}), msg.get("dl")
@@ -77,6 +77,7 @@ def check_request(msg):
         raise ValueError("request arguments are not a list")
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
         raise ValueError("request keyword arguments are not a map of names")
-    if deadline is not None and not isinstance(deadline, (int, float)):
+    if deadline is not None and (isinstance(deadline, bool)
+                                 or not isinstance(deadline, (int, float))):
         raise ValueError("request deadline is not a number")
     return req_id, method, args, kwargs, deadline

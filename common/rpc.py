@@ -256,7 +256,17 @@ class RpcClient:
                 self._connect()
             req_id = next(self._ids)
             deadline = time.time() + per_try_s
-            self._sock.send(protocol.pack(protocol.request(req_id, method, args, kwargs, deadline)))
+            data = protocol.pack(protocol.request(req_id, method, args, kwargs, deadline))
+            # With IMMEDIATE a DEALER has no pipe until the peer is there, and a plain send
+            # would block for ever (a server that never binds): wait for it within the budget.
+            if not self._sock.poll(max(0, int(per_try_s * 1000)), zmq.POLLOUT):
+                self.close()
+                continue
+            try:
+                self._sock.send(data, zmq.NOBLOCK)
+            except zmq.Again:
+                self.close()
+                continue
             while True:
                 left_ms = int((deadline - time.time()) * 1000)
                 if left_ms <= 0 or not self._sock.poll(left_ms):

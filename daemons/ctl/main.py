@@ -57,8 +57,8 @@ def cmd_up(paths, args):
              f"{pending} pending (built by later work), "
              f"{sum(1 for s in steps if s['status'] == 'skipped')} skipped")
         return EXIT_OK
-    _out(f"start-up did not complete ({data.get('state')}): "
-         f"{data.get('failed_step') or ''}: {data.get('error')}")
+    where = f"{data['failed_step']}: " if data.get("failed_step") else ""
+    _out(f"start-up did not complete ({data.get('state')}): {where}{data.get('error')}")
     return EXIT_ERROR
 
 
@@ -203,7 +203,8 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name, fn):
-        p = sub.add_parser(name, help=fn.__doc__.splitlines()[0], description=fn.__doc__)
+        summary = " ".join(fn.__doc__.split()).split(". ")[0].rstrip(".")
+        p = sub.add_parser(name, help=summary, description=fn.__doc__)
         p.set_defaults(fn=fn)
         return p
 

@@ -4,7 +4,7 @@ xapi-init when it answers, else from supervisord and the start-up record."""
 from common.errors import XapiError
 from common.paths import MANAGED_PROGRAMS
 from common.rpc import RpcClient
-from common.supervisor import Supervisor
+from common.supervisor import EXITED, FATAL, STOPPED, Supervisor
 
 EXIT_OK, EXIT_NOT_HEALTHY, EXIT_UNREACHABLE = 0, 3, 4
 STATUS_TIMEOUT_S = 5.0
@@ -18,6 +18,16 @@ def gather(paths, read_progress):
         status["error"] = (f"the tree is not running: no supervisord answers on "
                            f"{paths.supervisor_socket} (start it with `xapi-ctl up`)")
         return status, EXIT_UNREACHABLE
+    try:
+        init_state = supervisor.info("xapi-init")["statename"]
+    except XapiError:
+        init_state = None
+    if init_state in (STOPPED, EXITED, FATAL):
+        # Nobody to ask: do not wait out the RPC timeout for a program that is not running.
+        status = _from_files(paths, read_progress(paths), supervisor)
+        status["error"] = (f"xapi-init is not running ({init_state} in supervisord); showing "
+                           "supervisord's view")
+        return status, EXIT_NOT_HEALTHY
     try:
         with RpcClient(paths.rpc_endpoint("xapi-init"), timeout_s=STATUS_TIMEOUT_S) as client:
             status = client.call("init.status")

@@ -1,7 +1,5 @@
 """xapi-db: the pool database engine (process skeleton; the engine is the xapi-db issue)."""
 
-import sys
-
 from common.daemon import Daemon
 
 
@@ -11,9 +9,4 @@ class DbDaemon(Daemon):
     program = "xapi-db"
 
 
-def main(argv=None):
-    return DbDaemon.main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+main = DbDaemon.main

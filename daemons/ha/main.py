@@ -1,7 +1,5 @@
 """xapi-ha: the HA monitor (process skeleton; HA is built by a later issue)."""
 
-import sys
-
 from common.daemon import Daemon
 
 
@@ -11,9 +9,4 @@ class HaDaemon(Daemon):
     program = "xapi-ha"
 
 
-def main(argv=None):
-    return HaDaemon.main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+main = HaDaemon.main

@@ -13,9 +13,10 @@ class CommandLog:
 
     def load(self):
         try:
-            self.by_program = json.loads(self.path.read_text())
-        except (FileNotFoundError, ValueError):
-            self.by_program = {}
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        self.by_program = data if isinstance(data, dict) else {}
         return self
 
     def clear(self):

@@ -131,12 +131,15 @@ class InitDaemon(Daemon):
         resume = (not self.args.fresh) and previous.can_resume(self.role.kind, supervisor_pid)
         self.commands.load()
         if resume:
-            self.progress = previous
             self.programs.import_(self.init_state.get("programs"))
             self.init_state["init_restarts"] = int(self.init_state.get("init_restarts", 0)) + 1
+            self.save_state()
             self.log.info("xapi-init restarted under the same supervisord as %s: adopting the "
                           "running programs and resuming start-up", self.role)
             await self.programs.adopt(previous.data.get("programs_started", []))
+            # Only now does init.status show the run's state: a caller waiting for "complete"
+            # (`xapi-ctl restart xapi-init`) must not see it before the programs are adopted.
+            self.progress = previous
         else:
             self.log.info("fresh start-up as %s: stopping any managed program first", self.role)
             await self.programs.stop_all(list(reversed(MANAGED_PROGRAMS)))

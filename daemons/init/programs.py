@@ -257,7 +257,9 @@ class ProgramManager:
         for name in names:
             st = self.state(name)
             st.managed = True
-            if st.operator_stopped or st.sv_state != sv.RUNNING:
+            # STARTING too: a program still inside supervisord's startsecs may well have
+            # announced READY to the xapi-init that died; it will not announce it again.
+            if st.operator_stopped or st.sv_state not in (sv.STARTING, sv.RUNNING) or not st.pid:
                 continue
             try:
                 health = await self.client(name).call("sys.health", timeout_s=3.0, retries=1)

@@ -24,9 +24,10 @@ class Progress:
     def load(cls, path):
         progress = cls(path)
         try:
-            progress.data = json.loads(path.read_text())
-        except (FileNotFoundError, ValueError):
-            progress.data = {}
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        progress.data = data if isinstance(data, dict) else {}
         return progress
 
     def new_run(self, steps, role, supervisor_pid, host_uuid=None):

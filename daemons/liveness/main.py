@@ -1,7 +1,5 @@
 """xapi-liveness: guest liveness and hypervisor events (process skeleton; the xapi-liveness issue)."""
 
-import sys
-
 from common.daemon import Daemon
 
 
@@ -11,9 +9,4 @@ class LivenessDaemon(Daemon):
     program = "xapi-liveness"
 
 
-def main(argv=None):
-    return LivenessDaemon.main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+main = LivenessDaemon.main

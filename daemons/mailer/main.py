@@ -1,7 +1,5 @@
 """xapi-mailer: message e-mailing (process skeleton; the xapi-mailer issue)."""
 
-import sys
-
 from common.daemon import Daemon
 
 
@@ -11,9 +9,4 @@ class MailerDaemon(Daemon):
     program = "xapi-mailer"
 
 
-def main(argv=None):
-    return MailerDaemon.main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+main = MailerDaemon.main

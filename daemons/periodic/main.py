@@ -1,7 +1,5 @@
 """xapi-periodic: the periodic scheduler (process skeleton; jobs are the xapi-periodic issue)."""
 
-import sys
-
 from common.daemon import Daemon
 
 
@@ -11,9 +9,4 @@ class PeriodicDaemon(Daemon):
     program = "xapi-periodic"
 
 
-def main(argv=None):
-    return PeriodicDaemon.main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+main = PeriodicDaemon.main

@@ -1,7 +1,5 @@
 """xapi-rrd: the metrics monitor (process skeleton; RRDs are the xapi-rrd issue)."""
 
-import sys
-
 from common.daemon import Daemon
 
 
@@ -11,9 +9,4 @@ class RrdDaemon(Daemon):
     program = "xapi-rrd"
 
 
-def main(argv=None):
-    return RrdDaemon.main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+main = RrdDaemon.main
