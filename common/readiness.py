@@ -29,14 +29,14 @@ class Notifier:
         reconnected to, and a receiver that is not there loses the message, like sd_notify."""
         if not self.enabled:
             return False
-        lines = [f"{key}={value}" for key, value in fields.items()]
-        lines.append(f"X_XAPI_NAME={self.program}")
-        message = "\n".join(lines)
+        message = encode_notification(self.program, fields)
         for _attempt in range(2):
             try:
                 if self._notifier is None:
                     self._notifier = sdnotify.SystemdNotifier(debug=True)
-                self._notifier.notify(message)
+                # sdnotify finds and connects the socket; the bytes are UTF-8 (its own
+                # notify() encodes latin-1, which garbles or refuses other text).
+                self._notifier.socket.sendall(message)
                 return True
             except OSError:
                 if self._notifier is not None and self._notifier.socket is not None:
@@ -63,6 +63,17 @@ async def ping_watchdog(notifier, interval_s):
     while True:
         notifier.watchdog()
         await asyncio.sleep(interval_s)
+
+
+def encode_notification(program, fields):
+    """One datagram: the program's name first, so a receiver never loses it, and the whole
+    message cut to fit MAX_DATAGRAM_BYTES (a long STATUS is shortened, not the name)."""
+    lines = [f"X_XAPI_NAME={program}"]
+    lines += [f"{key}={value}".replace("\n", " ") for key, value in fields.items()]
+    data = "\n".join(lines).encode("utf-8")
+    if len(data) > MAX_DATAGRAM_BYTES:
+        data = data[:MAX_DATAGRAM_BYTES].decode("utf-8", "ignore").encode("utf-8")
+    return data
 
 
 def parse_notification(data):
@@ -93,20 +104,23 @@ class NotifyReceiver:
         old_umask = os.umask(0o077)
         try:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+            # before bind: a datagram that arrives in between would carry no credentials
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             sock.bind(self.path)
         finally:
             os.umask(old_umask)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self._sock = sock
         loop.add_reader(sock.fileno(), self._read)
 
     def _read(self):
         while True:
             try:
-                data, ancdata, _flags, _addr = self._sock.recvmsg(
+                data, ancdata, flags, _addr = self._sock.recvmsg(
                     MAX_DATAGRAM_BYTES, socket.CMSG_SPACE(_UCRED.size))
             except (BlockingIOError, InterruptedError):
                 return
+            if flags & socket.MSG_TRUNC:
+                log.warning("notify: a message over %d bytes was cut", MAX_DATAGRAM_BYTES)
             pid = None
             for level, kind, payload in ancdata:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:

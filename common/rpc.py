@@ -196,8 +196,8 @@ class AsyncRpcClient:
         self._sock = self._reader = None
 
     async def call(self, method, *args, timeout_s=None, retries=0, **kwargs):
-        """Call ``method``; ``retries`` > 0 only for idempotent methods: on a timeout the socket
-        is remade (a lost peer) and the request sent again within the same overall budget."""
+        """Call ``method``; ``retries`` > 0 only for idempotent methods: on a timeout the
+        request is sent again, within the same overall budget."""
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         attempts = retries + 1
         per_try_s = timeout_s / attempts
@@ -212,9 +212,10 @@ class AsyncRpcClient:
             try:
                 await asyncio.wait_for(self._send_and_wait(data, fut), per_try_s)
             except asyncio.TimeoutError:
+                # ZeroMQ reconnects to a restarted peer by itself; the socket is shared with
+                # other calls in flight, so it is kept and the request simply sent again.
                 self._pending.pop(req_id, None)
                 if attempt + 1 < attempts:
-                    self._reset()
                     continue
                 raise RpcTimeout(self.endpoint, method, timeout_s) from None
             return _result(fut.result(), self.endpoint, method)

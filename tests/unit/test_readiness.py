@@ -221,10 +221,6 @@ def test_message_from_a_child_process_carries_the_child_pid(notify_env):
     run(main())
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Notifier sends through sdnotify, which encodes "
-                   "latin-1: a STATUS outside latin-1 raises UnicodeEncodeError out of send() "
-                   "(not OSError), and one inside it arrives garbled because the receiver "
-                   "decodes UTF-8")
 @pytest.mark.parametrize("text", ["café", "dom0 → ready", "主机"])
 def test_non_ascii_status_arrives_intact(notify_env, text):
     async def main():
@@ -235,9 +231,6 @@ def test_non_ascii_status_arrives_intact(notify_env, text):
     run(main())
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a message over MAX_DATAGRAM_BYTES is truncated by "
-                   "the receiver and X_XAPI_NAME, sent last, is cut off: xapi-init then drops "
-                   "the message (a READY with a long STATUS is lost)")
 def test_long_status_keeps_the_program_name(notify_env):
     async def main():
         async with receiving(notify_env) as inbox:

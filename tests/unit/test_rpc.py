@@ -366,10 +366,9 @@ def test_async_client_retrying_call_reaches_a_server_that_starts_late(endpoint):
         async with serving(endpoint, BASIC, bind=False) as server, \
                 async_client(endpoint) as client:
             call = asyncio.create_task(client.call("t.add", 1, 2, timeout_s=4, retries=7))
-            await wait_until(lambda: client._sock is not None, what="the first attempt")
-            first = client._sock
-            # The first attempt times out (0.5 s) and the retry remakes the socket.
-            await wait_until(lambda: client._sock not in (None, first), what="a retry")
+            await wait_until(lambda: 1 in client._pending, what="the first attempt")
+            # The first attempt times out (0.5 s) and the retry sends request id 2.
+            await wait_until(lambda: 2 in client._pending, what="a retry")
             assert not call.done()
             server.start()
             assert await call == 3
