@@ -117,6 +117,15 @@ class Paths:
         return self._p("var/lib/xcp/state.db")
 
     @property
+    def redo_log(self):
+        return self._p("var/lib/xcp/state.db.redo")
+
+    @property
+    def restore_db(self):
+        """A database `xapi-ctl db restore` left to replace the pool DB at the next tree start."""
+        return self._p("var/lib/xcp/restore_db.db")
+
+    @property
     def local_db(self):
         return self._p("var/lib/xcp/local.db")
 

@@ -4,7 +4,7 @@ xapi-init when it answers, else from supervisord and the start-up record."""
 from common.errors import XapiError
 from common.paths import MANAGED_PROGRAMS
 from common.rpc import RpcClient
-from common.supervisor import EXITED, FATAL, STOPPED, Supervisor
+from common.supervisor import BACKOFF, EXITED, FATAL, STOPPED, Supervisor
 
 EXIT_OK, EXIT_NOT_HEALTHY, EXIT_UNREACHABLE = 0, 3, 4
 STATUS_TIMEOUT_S = 5.0
@@ -22,7 +22,7 @@ def gather(paths, read_progress):
         init_state = supervisor.info("xapi-init")["statename"]
     except XapiError:
         init_state = None
-    if init_state in (STOPPED, EXITED, FATAL):
+    if init_state in (STOPPED, EXITED, FATAL, BACKOFF):
         # Nobody to ask: do not wait out the RPC timeout for a program that is not running.
         status = _from_files(paths, read_progress(paths), supervisor)
         status["error"] = (f"xapi-init is not running ({init_state} in supervisord); showing "

@@ -13,6 +13,7 @@ from common import inventory as inventory_mod
 from common.daemon import VERSION
 from common.errors import XapiError
 from common.fileutil import atomic_write, touch
+from common.rpc import RpcClient
 
 SCRIPT_TIMEOUT_S = 300.0
 
@@ -177,3 +178,17 @@ def run_master_scripts(ctx, runner):
         results.append(f"{script.name}={code}")
     ctx.local_db.put(localdb.MASTER_SCRIPTS, becoming_master)
     return f"{verb}: " + (", ".join(results) if results else "no scripts")
+
+
+def consider_master_transition_alert(ctx, runner):
+    """If this host has just become master, say so with a POOL_MASTER_TRANSITION message
+    (priority 4, class Host), then clear local.db's flag."""
+    if not ctx.local_db.get_bool(localdb.THIS_NODE_JUST_BECAME_MASTER, False):
+        return "this host did not just become master"
+    host_uuid = ctx.inventory[inventory_mod.INSTALLATION_UUID]
+    with RpcClient(ctx.paths.rpc_endpoint("xapi-db"),
+                   timeout_s=ctx.config["command-timeout"]) as db:
+        ref = db.call("message.create", "POOL_MASTER_TRANSITION", 4, "Host", host_uuid,
+                      f"This host ({host_uuid}) is now the pool master.")
+    ctx.local_db.put(localdb.THIS_NODE_JUST_BECAME_MASTER, False)
+    return f"POOL_MASTER_TRANSITION message {ref}"

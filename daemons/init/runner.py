@@ -52,9 +52,9 @@ class Runner:
         if isinstance(action, Command):
             if action.only_if and not getattr(actions, action.only_if)(ctx):
                 return f"{action.program} {action.method}: not needed"
-            await self.programs.send(action.program, action.method, action.args,
-                                     timeout_s=action.timeout_s)
-            return f"{action.program} {action.method}"
+            result = await self.programs.send(action.program, action.method, action.args,
+                                              timeout_s=action.timeout_s, record=action.replay)
+            return describe_result(action, result)
         raise TypeError(f"unknown action {action!r}")
 
     async def run_step(self, index, step):
@@ -147,3 +147,11 @@ class Runner:
         await asyncio.sleep(delay_s)
         self.progress.set_state(pr.RUN_RESTARTING)
         return EXIT_RESTART_ME
+
+
+def describe_result(action, result):
+    """A command's result for the step's status line: a dict as key=value pairs."""
+    if isinstance(result, dict):
+        shown = ", ".join(f"{k}={v}" for k, v in sorted(result.items()) if not isinstance(v, (dict, list)))
+        return f"{action.program} {action.method}: {shown}" if shown else f"{action.program} {action.method}"
+    return f"{action.program} {action.method}"

@@ -7,7 +7,8 @@ Each step has the seed's words as its name, the role it runs in (``both``, ``mas
 - ``StartProgram(program)``: start a program through supervisord and wait for its READY; the
   orchestrator then sends it ``sys.set_role``;
 - ``Command(program, method, args)``: send a command; it is recorded and replayed to the
-  program after every restart;
+  program after every restart, unless ``replay=False`` (work done once per start of the tree,
+  such as disabling every host, must not be redone when one daemon restarts);
 - no action at all: nothing to run yet (the step is ``pending``).
 
 A step whose real work is built by a later issue names that work in ``pending``: it runs what
@@ -37,6 +38,7 @@ class Command:
     args: tuple = ()
     timeout_s: float | None = None   # None: the option command-timeout
     only_if: str | None = None       # name of a predicate in actions.py
+    replay: bool = True
 
 
 @dataclass(frozen=True)
@@ -90,8 +92,10 @@ STEPS = (
          pending=f"{HA_WORK}: ha.on_server_restart when local.db ha.armed"),
     Step("Setup DB configuration", actions=(Local("setup_db_conf"),)),
     Step("Start up database engine", role=MASTER,
-         actions=(StartProgram("xapi-db"), Command("xapi-api", "api.set_boot_state", ("ready",))),
-         pending=f"{DB_ISSUE}: load, GC pass, disable hosts, tell HA"),
+         actions=(StartProgram("xapi-db"), Command("xapi-db", "db.set_mode", ("master",)),
+                  Command("xapi-db", "db.start_engine", replay=False, timeout_s=300.0),
+                  Command("xapi-api", "api.set_boot_state", ("ready",))),
+         pending=f"{HA_WORK}: tell HA the database is valid"),
     Step("Bring up the management interface",
          pending=f"{API_ISSUE}: api.listen on management-address:https-port"),
     Step("Register SR plugins", pending=f"{PLATFORM_ISSUE}: SM records from the plugins dir"),
@@ -105,7 +109,7 @@ STEPS = (
     Step("Perform house-keeping on the internal database",
          pending=f"{PLATFORM_ISSUE}: dbsync"),
     Step("Start database garbage collection thread", role=MASTER,
-         pending=f"{DB_ISSUE}: GC every 30 s"),
+         actions=(Command("xapi-db", "db.start_gc"),)),
     Step("Check that current license is okay for pooling configuration", no_exn=True,
          pending=f"{PLATFORM_ISSUE}: alert when slaves exist and pooling is restricted"),
     Step("Set memory target for control domain", on_thread=True,
@@ -120,7 +124,7 @@ STEPS = (
     Step("Start pool database backup thread", role=MASTER, on_thread=True,
          pending=f"{POOL_WORK}: push the DB to the slaves"),
     Step("Register database change notifier", role=MASTER,
-         pending=f"{DB_ISSUE}: events"),
+         actions=(Command("xapi-db", "db.start_events"),)),
     Step("Start monitoring thread", actions=(StartProgram("xapi-rrd"),),
          pending=f"{SCHED_RRD_ISSUE}: the monitoring loop"),
     Step("Start database calls monitoring thread",
@@ -153,7 +157,7 @@ STEPS = (
          pending=f"{POOL_WORK}: fetch the DB backup"),
     Step("Plug unplugged PBDs", no_exn=True, pending=f"{PLATFORM_ISSUE}: PBD plug"),
     Step("Consider sending a master transition alert", role=MASTER, no_exn=True,
-         pending=f"{DB_ISSUE}: POOL_MASTER_TRANSITION message"),
+         actions=(Local("consider_master_transition_alert"),)),
 )
 
 
