@@ -24,19 +24,26 @@ def _set_common_options(sock, linger_ms):
 
 
 class RpcServer:
-    """A ROUTER socket serving registered methods. Each request runs as its own task, so a slow
-    method does not hold up the others; the reply carries the request id."""
+    """A ROUTER socket serving registered methods. A plain method is answered at once from the
+    loop's reader callback (no task, no future: the common case of reads); a coroutine method
+    runs as its own task, so a slow one does not hold up the others. Replies carry the
+    request id."""
+
+    MAX_BATCH = 64   # requests handled per wake-up before the loop gets a turn
 
     def __init__(self, endpoint, context=None, max_concurrent=256):
         self.endpoint = endpoint
-        self.context = context or zmq.asyncio.Context.instance()
+        # A plain (not asyncio) socket driven by loop.add_reader on its FD.
+        base = context or zmq.Context.instance()
+        self.context = zmq.Context.shadow(base.underlying)
         self.methods = {}
         self.calls = {}
-        self.errors = {"decode": 0, "method": 0}
+        self.errors = {"decode": 0, "method": 0, "dropped_replies": 0}
+        self.max_concurrent = max_concurrent
         self._sock = None
-        self._reader = None
+        self._loop = None
+        self._fd = None
         self._tasks = set()
-        self._slots = asyncio.Semaphore(max_concurrent)
 
     def register(self, name, fn):
         self.methods[name] = fn
@@ -51,12 +58,15 @@ class RpcServer:
     def start(self):
         if self._sock is None:
             self.bind()
-        self._reader = asyncio.get_running_loop().create_task(self._serve())
+        self._loop = asyncio.get_running_loop()
+        self._fd = self._sock.getsockopt(zmq.FD)
+        self._loop.add_reader(self._fd, self._on_readable)
+        self._loop.call_soon(self._on_readable)   # the FD is edge-triggered: drain first
 
     async def close(self):
-        if self._reader:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
+        if self._fd is not None:
+            self._loop.remove_reader(self._fd)
+            self._fd = None
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -64,25 +74,56 @@ class RpcServer:
             self._sock.close(0)
             self._sock = None
 
-    async def _serve(self):
-        while True:
-            frames = await self._sock.recv_multipart(copy=True)
-            if len(frames) != 2:
-                self.errors["decode"] += 1
-                log.warning("rpc %s: dropped a message of %d frames (expected 2)",
-                            self.endpoint, len(frames))
-                continue
-            identity, payload = frames
-            await self._slots.acquire()
-            task = asyncio.get_running_loop().create_task(self._handle(identity, payload))
-            self._tasks.add(task)
-            task.add_done_callback(self._done)
+    def _on_readable(self):
+        sock = self._sock
+        for _ in range(self.MAX_BATCH):
+            if sock is None or self._sock is None:
+                return
+            try:
+                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    return
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as exc:
+                log.error("rpc %s: receive failed: %s", self.endpoint, exc)
+                return
+            self._dispatch(frames)
+        self._loop.call_soon(self._on_readable)
 
-    def _done(self, task):
-        self._tasks.discard(task)
-        self._slots.release()
+    def _dispatch(self, frames):
+        if len(frames) != 2:
+            self.errors["decode"] += 1
+            log.warning("rpc %s: dropped a message of %d frames (expected 2)",
+                        self.endpoint, len(frames))
+            return
+        identity, payload = frames
+        call = self._decode(identity, payload)
+        if call is None:
+            return
+        req_id, method, fn, args, kwargs = call
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            self._send(identity, self._error_reply(req_id, method, fn, args, kwargs, exc))
+            return
+        if not inspect.isawaitable(result):
+            self._send(identity, protocol.reply_ok(req_id, result))
+            return
+        if len(self._tasks) >= self.max_concurrent:
+            if inspect.iscoroutine(result):
+                result.close()
+            self._send(identity, protocol.reply_error(
+                req_id, ["SERVER_BUSY", method, str(self.max_concurrent)]))
+            return
+        task = self._loop.create_task(
+            self._finish(identity, req_id, method, fn, args, kwargs, result))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    async def _handle(self, identity, payload):
+    def _decode(self, identity, payload):
+        """The call a frame asks for, or None once it has been answered with an error (or
+        dropped: its deadline has passed)."""
         req_id = None
         try:
             msg = protocol.unpack(payload)
@@ -92,49 +133,57 @@ class RpcServer:
         except ValueError as exc:
             self.errors["decode"] += 1
             log.warning("rpc %s: bad request: %s", self.endpoint, exc)
-            await self._send(identity, protocol.reply_error(
+            self._send(identity, protocol.reply_error(
                 req_id, ["MESSAGE_DECODE_ERROR", str(exc)]))
-            return
+            return None
         fn = self.methods.get(method)
         if fn is None:
             self.errors["method"] += 1
-            await self._send(identity, protocol.reply_error(
+            self._send(identity, protocol.reply_error(
                 req_id, ["MESSAGE_METHOD_UNKNOWN", method]))
-            return
+            return None
         self.calls[method] = self.calls.get(method, 0) + 1
         if deadline is not None and deadline < time.time():
             log.info("rpc %s: %s arrived after its deadline; dropped", self.endpoint, method)
-            return
+            return None
+        return req_id, method, fn, args, kwargs
+
+    async def _finish(self, identity, req_id, method, fn, args, kwargs, awaitable):
         try:
-            result = fn(*args, **kwargs)
-            if inspect.isawaitable(result):
-                result = await result
-            reply = protocol.reply_ok(req_id, result)
-        except XapiError as exc:
-            reply = protocol.reply_error(req_id, exc.description)
-        except TypeError as exc:
-            # Wrong arity or keyword: the caller's mistake, named like XenAPI does.
-            if _is_call_signature_error(fn, args, kwargs):
-                reply = protocol.reply_error(
-                    req_id, ["MESSAGE_PARAMETER_COUNT_MISMATCH", method, str(exc)])
-            else:
-                log.exception("rpc %s: %s failed", self.endpoint, method)
-                reply = protocol.reply_error(req_id, ["INTERNAL_ERROR", f"{method}: {exc}"])
+            reply = protocol.reply_ok(req_id, await awaitable)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("rpc %s: %s failed", self.endpoint, method)
-            reply = protocol.reply_error(req_id, ["INTERNAL_ERROR", f"{method}: {exc}"])
-        await self._send(identity, reply)
+            reply = self._error_reply(req_id, method, fn, args, kwargs, exc)
+        self._send(identity, reply)
+        # A send can consume the FD's edge: look for requests that came meanwhile.
+        self._loop.call_soon(self._on_readable)
 
-    async def _send(self, identity, reply):
+    def _error_reply(self, req_id, method, fn, args, kwargs, exc):
+        if isinstance(exc, XapiError):
+            return protocol.reply_error(req_id, exc.description)
+        if isinstance(exc, TypeError) and _is_call_signature_error(fn, args, kwargs):
+            # Wrong arity or keyword: the caller's mistake, named like XenAPI does.
+            return protocol.reply_error(
+                req_id, ["MESSAGE_PARAMETER_COUNT_MISMATCH", method, str(exc)])
+        log.error("rpc %s: %s failed", self.endpoint, method,
+                  exc_info=(type(exc), exc, exc.__traceback__))
+        return protocol.reply_error(req_id, ["INTERNAL_ERROR", f"{method}: {exc}"])
+
+    def _send(self, identity, reply):
         try:
             data = protocol.pack(reply)
         except (TypeError, ValueError) as exc:
             log.error("rpc %s: reply not encodable: %s", self.endpoint, exc)
             data = protocol.pack(protocol.reply_error(
                 reply.get("id"), ["INTERNAL_ERROR", f"reply not encodable: {exc}"]))
-        await self._sock.send_multipart([identity, data])
+        if self._sock is None:
+            return
+        try:
+            self._sock.send_multipart([identity, data], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:      # the peer is gone or its queue is full
+            self.errors["dropped_replies"] += 1
+            log.warning("rpc %s: reply dropped: %s", self.endpoint, exc)
 
 
 def _is_call_signature_error(fn, args, kwargs):
@@ -260,19 +309,27 @@ class RpcClient:
             data = protocol.pack(protocol.request(req_id, method, args, kwargs, deadline))
             # With IMMEDIATE a DEALER has no pipe until the peer is there, and a plain send
             # would block for ever (a server that never binds): wait for it within the budget.
-            if not self._sock.poll(max(0, int(per_try_s * 1000)), zmq.POLLOUT):
-                self.close()
-                continue
             try:
                 self._sock.send(data, zmq.NOBLOCK)
             except zmq.Again:
-                self.close()
-                continue
+                if not self._sock.poll(max(0, int(per_try_s * 1000)), zmq.POLLOUT):
+                    self.close()
+                    continue
+                try:
+                    self._sock.send(data, zmq.NOBLOCK)
+                except zmq.Again:
+                    self.close()
+                    continue
             while True:
                 left_ms = int((deadline - time.time()) * 1000)
-                if left_ms <= 0 or not self._sock.poll(left_ms):
+                if left_ms <= 0:
                     break
-                reply = protocol.unpack(self._sock.recv_multipart()[-1])
+                self._sock.setsockopt(zmq.RCVTIMEO, left_ms)   # a blocking receive, bounded
+                try:
+                    frames = self._sock.recv_multipart()
+                except zmq.Again:
+                    break
+                reply = protocol.unpack(frames[-1])
                 if isinstance(reply, dict) and reply.get("id") == req_id:
                     return _result(reply, self.endpoint, method)
             self.close()

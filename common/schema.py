@@ -190,8 +190,11 @@ def required_refs():
     return [(c, f) for c in CLASSES.values() for f in c.fields.values() if f.required]
 
 
+_MAP_TYPES = (dict, MappingProxyType)
+
+
 def _fresh(value):
-    return dict(value) if isinstance(value, Mapping) else value
+    return dict(value) if type(value) in _MAP_TYPES else value
 
 
 def default_record(cls, persisted_only=False):

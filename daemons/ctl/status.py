@@ -1,6 +1,7 @@
 """`xapi-ctl status`: one object with the host, init, every program and every step, from
 xapi-init when it answers, else from supervisord and the start-up record."""
 
+from common import inventory
 from common.errors import XapiError
 from common.paths import MANAGED_PROGRAMS
 from common.rpc import RpcClient
@@ -66,7 +67,8 @@ def _from_files(paths, progress, supervisor):
                         "ready": False, "pid": info.get("pid") or None, "restarts": None,
                         "watchdog_age_s": None})
     return {
-        "host": {"uuid": progress.get("host_uuid"), "role": progress.get("role"),
+        "host": {"uuid": progress.get("host_uuid") or _host_uuid(paths),
+                 "role": progress.get("role"),
                  "master_address": None, "root": str(paths.root)},
         "init": {"state": progress.get("state"), "ready": paths.ready_cookie.exists(),
                  "complete": paths.init_complete_cookie.exists(),
@@ -76,6 +78,14 @@ def _from_files(paths, progress, supervisor):
         "steps": progress.get("steps", []),
         "api": {"unix_socket": None, "http_url": None},
     }
+
+
+def _host_uuid(paths):
+    """The host's uuid from its inventory, when xapi-init is not there to say it."""
+    try:
+        return inventory.read_inventory(paths.inventory).get(inventory.INSTALLATION_UUID)
+    except (OSError, XapiError):
+        return None
 
 
 def render(status):

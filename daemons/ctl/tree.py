@@ -151,12 +151,18 @@ def read_progress(paths):
 def follow_startup(paths, supervisor, since, out, timeout_s):
     """Print each step as it completes until init is complete; returns the exit code."""
     sv_pid = supervisor.pid()
-    printed = 0
+    printed, run = 0, None
     deadline = time.monotonic() + timeout_s
     while True:
         data = read_progress(paths)
-        current = data.get("supervisor_pid") == sv_pid or data.get("at", 0) >= since
+        # A run of this supervisord that was stopped (SIGTERM, down) or is being restarted is
+        # over: its steps are not the ones this `up` is waiting for.
+        current = ((data.get("supervisor_pid") == sv_pid
+                    and data.get("state") not in ("stopped", "restarting"))
+                   or data.get("at", 0) >= since)
         if current:
+            if data.get("started_at") != run:      # a new run: follow it from its first step
+                printed, run = 0, data.get("started_at")
             steps = data.get("steps", [])
             while printed < len(steps) and steps[printed]["status"] not in ("waiting", "running"):
                 out(format_step(steps[printed]))

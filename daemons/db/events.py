@@ -28,7 +28,9 @@ def parse_token(token):
 
 
 def make_token(db_generation, message_generation):
-    return TOKEN_FORMAT % (max(0, db_generation), max(0, message_generation))
+    # The DB half of an empty database is -1 ("-0000000000000000001", as xapi's %020Ld): the
+    # first row is stamped 0, and a token of 0 would never show it.
+    return TOKEN_FORMAT % (max(-1, db_generation), max(0, message_generation))
 
 
 def parse_classes(classes):

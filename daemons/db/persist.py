@@ -55,25 +55,44 @@ def raw_to_store(raw, store, source):
             continue
         if not cls.persist:
             continue
-        columns = {f.column: f for f in cls.fields.values() if f.persist and not f.derived}
+        readers = [_ColumnReader(f) for f in cls.fields.values() if f.persist and not f.derived]
+        plain = [(r.field.column, r.name) for r in readers if r.identity]
+        decoded = [(r.field.column, r.name, r.cache, r.is_map, r) for r in readers
+                   if not r.identity]
+        known = {r.field.column for r in readers} | set(ROW_META)
+        template = schema.default_record(cls)
+        fresh = [key for key, value in template.items() if isinstance(value, dict)]
         for attrs in rows:
             ref = attrs.get("ref") or attrs.get("_ref")
             if not ref:
                 log.warning("%s: a %s row without a ref was skipped", source, name)
                 continue
-            values = schema.default_record(cls)
-            extra = {}
-            for column, text in attrs.items():
-                if column in ROW_META:
+            values = template.copy()
+            for key in fresh:
+                values[key] = {}
+            get = attrs.get
+            for column, key in plain:
+                text = get(column)
+                if text is not None:
+                    values[key] = text
+            for column, key, cache, is_map, reader in decoded:
+                text = get(column)
+                if text is None:
                     continue
-                field = columns.get(column)
-                if field is None:
-                    extra[column] = text
-                    continue
-                try:
-                    values[field.name] = schema.from_string(field, text)
-                except ValueError as exc:
-                    log.warning("%s: %s %s: %s; the default is used", source, name, ref, exc)
+                value = cache.get(text)          # inlined fast path of reader.read
+                if value is None:
+                    try:
+                        value = reader.read(text)
+                    except ValueError as exc:
+                        log.warning("%s: %s %s: %s; the default is used", source, name, ref,
+                                    exc)
+                        continue
+                elif is_map:
+                    value = dict(value)
+                values[key] = value
+            unknown = attrs.keys() - known
+            extra = {column: attrs[column] for column in attrs if column in unknown} \
+                if unknown else {}
             created = _int(attrs.get("__ctime"))
             modified = _int(attrs.get("__mtime"), created)
             store.load_row(name, ref, values, created, modified, extra)
@@ -81,6 +100,34 @@ def raw_to_store(raw, store, source):
     store.generation = max(store.generation, raw.generation)
     store.manifest_extra = list(raw.manifest_extra)
     return loaded
+
+
+class _ColumnReader:
+    """from_string for one column, remembering the values of short texts: most cells repeat
+    ("()", "false", "OpaqueRef:NULL", the epoch), which makes a large load several times
+    faster. Maps are copied out, since the store's values must not share a dict."""
+
+    CACHE_MAX_ENTRIES = 4096
+    CACHE_MAX_TEXT = 64
+
+    __slots__ = ("field", "name", "cache", "identity", "is_map")
+
+    def __init__(self, field):
+        self.field = field
+        self.name = field.name
+        self.cache = {}
+        self.identity = field.type in ("string", "ref")
+        self.is_map = field.type == "map"
+
+    def read(self, text):
+        if self.identity:
+            return text
+        value = self.cache.get(text)
+        if value is None:
+            value = schema.from_string(self.field, text)
+            if len(text) <= self.CACHE_MAX_TEXT and len(self.cache) < self.CACHE_MAX_ENTRIES:
+                self.cache[text] = value
+        return dict(value) if self.is_map else value
 
 
 def _int(text, default=0):

@@ -81,6 +81,10 @@ class Writer:
             except XapiError as exc:
                 txn.rollback_to(savepoint)
                 outcomes.append((future, None, exc))
+            except Exception as exc:   # a bug in fn: take back its changes, the round goes on
+                log.exception("write function failed")
+                txn.rollback_to(savepoint)
+                outcomes.append((future, None, XapiError("INTERNAL_ERROR", str(exc))))
         end_generation = self.store.generation
         changes = list(txn.changes)
         txn.rollback()

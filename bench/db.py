@@ -1,0 +1,264 @@
+"""xapi-db benchmark, each figure beside a peer measured in the same run.
+
+- read_field from one client vs a bare pyzmq DEALER/ROUTER echo of the same size (goal >= 0.6x)
+  and vs redis-py GET against a local redis-server (goal >= 1.0x);
+- acknowledged durable writes/s with 8 clients vs redis with appendfsync always (goal >= 1.0x);
+- batched reads (db.read_fields) >= 100,000 fields/s;
+- loading a 100,000-row state.db vs a plain ElementTree parse of the same file (goal <= 2x).
+
+Needs Debian's redis-server and the redis Python package (`make bench` installs both).
+"""
+
+import argparse
+import asyncio
+import concurrent.futures
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import zmq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import protocol  # noqa: E402
+from common.paths import Paths  # noqa: E402
+from common.rpc import RpcClient  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+def wait_for(predicate, timeout_s, what):
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rate(fn, seconds):
+    """Calls of fn per second over about ``seconds``."""
+    count, started = 0, time.perf_counter()
+    deadline = started + seconds
+    while time.perf_counter() < deadline:
+        for _ in range(100):
+            fn()
+        count += 100
+    return count / (time.perf_counter() - started)
+
+
+def parallel_rate(make_fn, clients, seconds):
+    counts = [0] * clients
+    stop = threading.Event()
+    barrier = threading.Barrier(clients + 1)
+
+    def worker(i):
+        fn = make_fn(i)
+        barrier.wait()
+        while not stop.is_set():
+            fn()
+            counts[i] += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    started = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    return sum(counts) / (time.perf_counter() - started)
+
+
+def line(what, value, unit, peer_name, peer, goal_text, meets):
+    ratio = f"ratio {value / peer:5.2f}x" if peer else ""
+    print(f"{what:<44}{value:12,.0f} {unit:<9}{peer_name:<28}{peer:12,.0f}  {ratio}  "
+          f"{goal_text}: {'meets' if meets else 'MISSES'}")
+
+
+# -- peers -------------------------------------------------------------------------------------
+ECHO_SERVER = """
+import sys, zmq
+ctx = zmq.Context(); s = ctx.socket(zmq.ROUTER); s.bind(sys.argv[1])
+while True:
+    ident, msg = s.recv_multipart()
+    s.send_multipart([ident, msg])
+"""
+
+
+def start_redis(workdir, fsync_always):
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
+         "--save", "", "--appendonly", "yes" if fsync_always else "no",
+         "--appendfsync", "always", "--protected-mode", "yes"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+    client = redis.Redis(host="127.0.0.1", port=port)
+
+    def up():
+        try:
+            return client.ping()
+        except redis.ConnectionError:
+            return False
+    wait_for(up, 10, "redis-server")
+    return proc, port
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rows", type=int, default=100_000)
+    args = parser.parse_args()
+    if not shutil.which("redis-server"):
+        raise SystemExit("redis-server is missing: `make bench` installs it "
+                         "(apt-get install redis-server)")
+    import redis
+
+    root = tempfile.mkdtemp(prefix="xd", dir="/tmp")
+    procs = []
+    try:
+        paths = Paths(root)
+        paths.make_dirs()
+        db = subprocess.Popen([str(BIN / "xapi-db"), "--root", root],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+        procs.append(db)
+        client = RpcClient(paths.rpc_endpoint("xapi-db"), timeout_s=10)
+
+        def db_up():
+            try:
+                return client.call("sys.health", timeout_s=0.5)["state"] == "serving"
+            except Exception:
+                return False
+        wait_for(db_up, 20, "xapi-db")
+        client.call("db.set_mode", "master")
+        vm = client.call("db.create_row", "VM", {"name_label": "bench-vm"})
+        value = client.call("db.read_field", "VM", vm, "name_label")
+        request_size = len(protocol.pack(protocol.request(1, "db.read_field",
+                                                          ["VM", vm, "name_label"], {}, 0.0)))
+
+        # 1. reads from one client
+        reads = rate(lambda: client.call("db.read_field", "VM", vm, "name_label"), args.seconds)
+        echo_endpoint = f"ipc://{root}/echo.sock"
+        echo = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, echo_endpoint])
+        procs.append(echo)
+        ctx = zmq.Context.instance()
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(echo_endpoint)
+        payload = b"x" * request_size
+
+        def echo_call():
+            dealer.send(payload)
+            dealer.recv()
+        echo_call()
+        echo_rate = rate(echo_call, args.seconds)
+
+        redis_dir = Path(root) / "redis"
+        redis_dir.mkdir()
+        rproc, rport = start_redis(redis_dir, fsync_always=True)
+        procs.append(rproc)
+        r = redis.Redis(host="127.0.0.1", port=rport)
+        r.set("k", value)
+        redis_get = rate(lambda: r.get("k"), args.seconds)
+
+        print(f"xapi-db benchmark ({args.seconds:g} s per figure, {os.cpu_count()} cores)")
+        line("read_field, 1 client (calls/s)", reads, "calls/s", "pyzmq echo, same size", echo_rate,
+             "goal >= 0.6x", reads >= 0.6 * echo_rate)
+        line("read_field, 1 client (calls/s)", reads, "calls/s", "redis-py GET", redis_get,
+             "goal >= 1.0x", reads >= redis_get)
+
+        # 2. durable writes, 8 clients
+        def make_db_writer(i):
+            c = RpcClient(paths.rpc_endpoint("xapi-db"), timeout_s=30,
+                          context=zmq.Context.instance())
+            ref = c.call("db.create_row", "VM", {"name_label": f"w{i}"})
+            counter = iter(range(10**9))
+            return lambda: c.call("db.write_field", "VM", ref, "name_description",
+                                  f"v{next(counter)}")
+        db_writes = parallel_rate(make_db_writer, 8, args.seconds)
+
+        def make_redis_writer(i):
+            rc = redis.Redis(host="127.0.0.1", port=rport)
+            counter = iter(range(10**9))
+            return lambda: rc.set(f"w{i}", f"v{next(counter)}")
+        redis_writes = parallel_rate(make_redis_writer, 8, args.seconds)
+        line("durable writes, 8 clients", db_writes, "writes/s", "redis appendfsync always",
+             redis_writes, "goal >= 1.0x", db_writes >= redis_writes)
+
+        # 3. batched reads
+        batch = [["VM", vm, "name_label"]] * 1000
+        batched = rate(lambda: client.call("db.read_fields", batch), args.seconds / 100) * 1000
+        line("batched reads (db.read_fields x1000)", batched, "fields/s", "floor", 100_000,
+             "goal >= 100,000/s", batched >= 100_000)
+        client.close()
+        db.terminate()
+        db.wait(30)
+
+        # 4. loading a 100,000-row state.db
+        load_s, et_s = bench_load(args.rows)
+        print(f"{'load %d-row state.db' % args.rows:<44}{load_s * 1000:12,.0f} ms       "
+              f"{'ElementTree parse':<28}{et_s * 1000:12,.0f}  ratio {load_s / et_s:5.2f}x  "
+              f"goal <= 2x: {'meets' if load_s <= 2 * et_s else 'MISSES'}")
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def bench_load(rows):
+    """Persistence.load + raw_to_store on a generated file vs ET.parse of the same bytes."""
+    from common import schema
+    from daemons.db import persist, xmlfile
+    from daemons.db.engine import Engine
+    from daemons.db.store import Store
+    root = tempfile.mkdtemp(prefix="xl", dir="/tmp")
+    try:
+        paths = Paths(root)
+        paths.make_dirs()
+        store = Store()
+        vm_class = schema.CLASSES["VM"]
+        for i in range(rows):
+            values = schema.default_record(vm_class)
+            values.update(uuid=f"00000000-0000-0000-0000-{i:012d}",
+                          name_label=f"vm {i}", other_config={"k": f"v {i}"})
+            store.load_row("VM", f"OpaqueRef:{i:08d}-0000-0000-0000-000000000000", values, i, i)
+        store.generation = rows
+        xmlfile.write_file(paths.state_db, persist.store_to_raw(store))
+        data = paths.state_db.read_bytes()
+        started = time.perf_counter()
+        ET.fromstring(data)
+        et_s = time.perf_counter() - started
+
+        async def load():
+            engine = Engine(paths, concurrent.futures.ThreadPoolExecutor(1))
+            started = time.perf_counter()
+            await engine.open()
+            took = time.perf_counter() - started
+            assert len(engine.store.tables["VM"].rows) == rows
+            await engine.writer.stop()
+            engine.redo.close()
+            return took
+        return asyncio.run(load()), et_s
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
