@@ -53,6 +53,7 @@ def print_starting_message(ctx, runner):
 def parse_inventory(ctx, runner):
     ctx.inventory, created = inventory_mod.ensure_inventory(ctx.paths.inventory)
     uuid = ctx.inventory[inventory_mod.INSTALLATION_UUID]
+    runner.progress.set_state(runner.progress.data.get("state"), host_uuid=uuid)
     return f"created, host {uuid}" if created else f"host {uuid}"
 
 
