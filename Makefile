@@ -5,7 +5,7 @@ ROOT   ?= ./dom0
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: run stop status test unit system bench venv clean
+.PHONY: run stop status test unit system soak bench venv clean
 
 venv: $(STAMP)
 
@@ -33,8 +33,15 @@ unit: $(STAMP)
 system: $(STAMP)
 	$(BIN)/python -m pytest -q tests/system
 
+soak: $(STAMP)
+	XAPI_SOAK_ROUNDS=20 $(BIN)/python -m pytest -q tests/system/test_db_durability.py -k kill
+
 bench: $(STAMP)
+	command -v redis-server >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+	$(BIN)/python -m pip install --quiet redis
 	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/db.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -82,7 +82,7 @@ def main():
     root = tempfile.mkdtemp(prefix="xb", dir="/tmp")
     try:
         timed([CTL, "--root", root, "init"])
-        ups, floors, restarts, helps, spawns = [], [], [], [], []
+        ups, floors, restarts, helps, spawns, light = [], [], [], [], [], []
         for _ in range(args.rounds):
             floors.append(spawn_floor(TREE_PROCESSES))
             ups.append(timed([CTL, "--root", root, "up"]))
@@ -90,6 +90,7 @@ def main():
                 spawns.append(spawn_floor(1))
                 helps.append(timed([CTL, "--help"]))
                 restarts.append(timed([CTL, "--root", root, "restart", "xapi-db"]))
+                light.append(timed([CTL, "--root", root, "restart", "xapi-ha"]))
             timed([CTL, "--root", root, "down"])
         up, floor = statistics.median(ups), statistics.median(floors)
         restart = statistics.median(restarts) - statistics.median(helps)
@@ -97,6 +98,8 @@ def main():
         print(f"xapi-py start-up benchmark, {args.rounds} round(s), medians, {os.cpu_count()} cores")
         ratio_line("start-up to init complete", up, floor, f"floor ({TREE_PROCESSES} spawns)", 1.5)
         ratio_line("restart xapi-db (minus CLI start)", restart, spawn, "one spawn", 1.5)
+        ratio_line("restart xapi-ha (for comparison)",
+                   statistics.median(light) - statistics.median(helps), spawn, "one spawn", 1.5)
 
         timed([CTL, "--root", root, "up"])
         rss_mb = sum(p.memory_info().rss for p in tree_processes(root)) / 2**20

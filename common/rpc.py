@@ -18,9 +18,13 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 10.0
 
 
+RECONNECT_IVL_MS = 10       # a restarted daemon is found again within 10 ms, not ZeroMQ's 100
+
+
 def _set_common_options(sock, linger_ms):
     sock.setsockopt(zmq.LINGER, linger_ms)
     sock.setsockopt(zmq.MAXMSGSIZE, protocol.ZMQ_MAXMSGSIZE_BYTES)
+    sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
 
 
 class RpcServer:

@@ -102,7 +102,7 @@ def start_supervisord(paths):
         if time.monotonic() > deadline:
             raise CtlError(f"supervisord did not answer on {paths.supervisor_socket} within "
                            f"{SUPERVISORD_START_TIMEOUT_S:g} s; see {paths.supervisord_log}", 4)
-        time.sleep(0.05)
+        time.sleep(0.01)
     return supervisor, True
 
 
@@ -181,7 +181,7 @@ def follow_startup(paths, supervisor, since, out, timeout_s):
             return 1, dict(data, state="timeout", error=(
                 f"start-up did not complete within {timeout_s:g} s; check "
                 f"`xapi-ctl status` and {paths.log_file('xapi-init')}"))
-        time.sleep(0.1)
+        time.sleep(0.025)   # a poll of one small file
 
 
 def format_step(step):

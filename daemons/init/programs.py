@@ -92,6 +92,7 @@ class ProgramManager:
         self.states = {name: ProgramState(name) for name in MANAGED_PROGRAMS}
         self.clients = {}
         self._tasks = set()
+        self._ready_waiters = []
 
     # -- plumbing ----------------------------------------------------------------------
     async def sv(self, fn, *args, **kwargs):
@@ -150,7 +151,7 @@ class ProgramManager:
         st.backoff_exp = 0
         st.next_retry_at = None
         if st.waiter is not None and not st.waiter.done():
-            st.ready, st.ready_pid = True, pid
+            self._mark_ready(st, pid)
             st.waiter.set_result(pid)
             log.info("%s is ready (pid %d)", st.name, pid)
             return
@@ -237,7 +238,8 @@ class ProgramManager:
             for cmd in self.commands.for_program(name):
                 await self.client(name).call(cmd["m"], *cmd["a"], retries=COMMAND_RETRIES,
                                              timeout_s=self.config["command-timeout"], **cmd["kw"])
-            st.ready, st.ready_pid, st.last_error = True, pid, None
+            self._mark_ready(st, pid)
+            st.last_error = None
             st.failed_replay_pid = None
             st.last_watchdog = time.monotonic()
             st.replays += 1
@@ -276,7 +278,7 @@ class ProgramManager:
                 st.ready_pid = None
                 await self.replay(name, st.pid)
             else:
-                st.ready, st.ready_pid = True, st.pid
+                self._mark_ready(st, st.pid)
                 log.info("adopt: %s (pid %d) is running and configured", name, st.pid)
 
     async def restart(self, name, timeout_s):
@@ -287,8 +289,14 @@ class ProgramManager:
         old_pid = st.pid
         st.operator_stopped = False
         self.persist()
-        await self.sv(self.supervisor.stop, name, True)
-        await self.sv(self.supervisor.start, name, False)
+        await self.refresh()
+        if st.sv_state == sv.RUNNING:
+            # One hop: SIGTERM (an orderly exit) and supervisord's autorestart starts it again
+            # at once, with no stop-then-start round trips through its XML-RPC waits.
+            await self.sv(self.supervisor.signal, name, "TERM")
+        else:
+            await self.sv(self.supervisor.stop, name, True)
+            await self.sv(self.supervisor.start, name, False)
         return await self._wait_ready(st, old_pid, timeout_s)
 
     async def start(self, name, timeout_s):
@@ -318,10 +326,20 @@ class ProgramManager:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while not (st.ready and st.ready_pid and st.ready_pid != old_pid):
-            if loop.time() > deadline:
+            left = deadline - loop.time()
+            if left <= 0:
                 raise self._not_ready_error(st, f"was not ready again within {timeout_s:g} s")
-            await asyncio.sleep(0.05)
+            waiter = loop.create_future()
+            self._ready_waiters.append(waiter)
+            await asyncio.wait([waiter], timeout=min(left, MONITOR_PERIOD_S))
         return st.ready_pid
+
+    def _mark_ready(self, st, pid):
+        st.ready, st.ready_pid = True, pid
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def stop_all(self, order):
         for name in order:
