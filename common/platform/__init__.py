@@ -1,0 +1,1 @@
+"""Host facts (psutil, /proc) and the simulated hypervisor."""
