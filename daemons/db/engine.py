@@ -17,7 +17,7 @@ from daemons.db.messages import MessageStore
 from daemons.db.operations import Operations
 from daemons.db.redolog import RedoLog
 from daemons.db.store import Store
-from daemons.db.writer import Writer, replay
+from daemons.db.writer import RESERVE_STEP, Writer, replay
 
 log = logging.getLogger("xapi-db")
 
@@ -228,12 +228,23 @@ class Engine:
         if written < len(self.connections):
             return False      # a write-limited connection is not due: the log keeps it all
         if upto_seq is not None:
+            await self._keep_reservation(generation)
             await loop.run_in_executor(self.executor, self.redo.truncate, upto_seq)
-        # The reservations the cut records held are gone: the next generation past this
-        # snapshot's is reserved again in the log before any token shows it.
-        self.writer.reserved = min(self.writer.reserved, generation)
         self.flushed_generation = generation
         return True
+
+    async def _keep_reservation(self, snapshot_generation):
+        """Before the log is cut, what its cut records reserved must still hold: generations
+        handed out while the snapshot was written (touches, sessions, tasks are not logged)
+        get a reservation record that outlives the cut; if none were handed out, the
+        reservation drops to the snapshot's generation in this same loop tick, so the next
+        unlogged change reserves again in a record the cut keeps."""
+        if self.store.generation > snapshot_generation:
+            reserved = max(self.writer.reserved, self.store.generation + RESERVE_STEP)
+            await self.redo.append({"g": self.store.generation, "c": [], "r": reserved})
+            self.writer.reserved = max(self.writer.reserved, reserved)
+        else:
+            self.writer.reserved = min(self.writer.reserved, snapshot_generation)
 
     async def dump(self, path=None):
         """The database in state.db form: written to ``path`` (atomically), or returned."""
