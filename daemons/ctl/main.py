@@ -14,6 +14,7 @@ from common.paths import PROGRAMS, Paths, root_from_env
 from common.rpc import RpcClient
 from common.supervisor import Supervisor
 from daemons.ctl import db as db_ctl
+from daemons.ctl import sim as sim_ctl
 from daemons.ctl import status as status_mod
 from daemons.ctl import tree
 from daemons.ctl.tree import CtlError
@@ -225,6 +226,7 @@ def build_parser():
         if name == "start":
             p.add_argument("--timeout", type=float, default=UP_TIMEOUT_S, help=argparse.SUPPRESS)
     db_ctl.add_parser(sub, add)
+    sim_ctl.add_parser(sub, add)
     p = add("logs", cmd_logs)
     p.add_argument("name", metavar="NAME")
     p.add_argument("-f", "--follow", action="store_true")

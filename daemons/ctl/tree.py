@@ -89,6 +89,9 @@ def start_supervisord(paths):
     atomic_write(paths.supervisor_conf, render_supervisord_conf(paths), mode=0o600)
     env = dict(os.environ, XAPI_ROOT=str(paths.root), XAPI_BIN=str(bin_dir()))
     env.pop("NOTIFY_SOCKET", None)
+    # The programs start often (every restart): let Python cache their bytecode, as an
+    # installed package has it compiled, even where the caller's shell turned that off.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     with open(os.devnull, "r+b") as devnull:
         done = subprocess.run(
             [str(bin_dir() / "supervisord"), "-c", str(paths.supervisor_conf)],

@@ -289,15 +289,22 @@ class ProgramManager:
         old_pid = st.pid
         st.operator_stopped = False
         self.persist()
-        await self.refresh()
-        if st.sv_state == sv.RUNNING:
+        if st.sv_state == sv.RUNNING and await self._signal_quietly(name, "TERM"):
             # One hop: SIGTERM (an orderly exit) and supervisord's autorestart starts it again
             # at once, with no stop-then-start round trips through its XML-RPC waits.
-            await self.sv(self.supervisor.signal, name, "TERM")
+            pass
         else:
             await self.sv(self.supervisor.stop, name, True)
             await self.sv(self.supervisor.start, name, False)
         return await self._wait_ready(st, old_pid, timeout_s)
+
+    async def _signal_quietly(self, name, signame):
+        try:
+            await self.sv(self.supervisor.signal, name, signame)
+            return True
+        except XapiError as exc:          # not running after all: the caller starts it
+            log.info("signal %s to %s: %s", signame, name, exc)
+            return False
 
     async def start(self, name, timeout_s):
         st = self.state(name)
