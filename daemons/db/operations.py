@@ -25,11 +25,14 @@ class Transaction:
     def __init__(self, store):
         self.store = store
         self.changes = []
+        self.generations = []      # the generation each change started at
         self.undo = []
 
     def apply(self, change):
+        generation = self.store.generation
         self.store.apply(change, self.undo)
         self.changes.append(change)
+        self.generations.append(generation)
 
     def savepoint(self):
         return len(self.undo), len(self.changes)
@@ -39,6 +42,7 @@ class Transaction:
         self.store.rollback(self.undo[undo_len:])
         del self.undo[undo_len:]
         del self.changes[changes_len:]
+        del self.generations[changes_len:]
 
     def rollback(self):
         self.rollback_to((0, 0))

@@ -87,8 +87,12 @@ class Writer:
                 outcomes.append((future, None, XapiError("INTERNAL_ERROR", str(exc))))
         end_generation = self.store.generation
         changes = list(txn.changes)
+        generations = list(txn.generations)
         txn.rollback()
-        logged = [change for change in changes if is_logged(change)]
+        # each logged change with the generation it started at: replay stamps it the same,
+        # even when unlogged changes (touches, sessions, tasks) came before it in the round
+        logged = [[generation, change] for generation, change in zip(generations, changes)
+                  if is_logged(change)]
         record = {"g": start_generation, "c": logged}
         if end_generation > self.reserved:
             record["r"] = end_generation + RESERVE_STEP
@@ -136,12 +140,14 @@ def replay(store, records):
         if int(record.get("g", 0)) < snapshot_generation:
             continue
         store.generation = max(store.generation, int(record.get("g", 0)))
-        for change in record.get("c", []):
+        for entry in record.get("c", []):
             try:
+                generation, change = entry
+                store.generation = max(store.generation, int(generation))
                 store.apply(normalise(change))
             except (KeyError, ValueError, IndexError, TypeError, XapiError) as exc:
                 skipped += 1
-                log.warning("redo replay: change %r skipped: %s", change[:3], exc)
+                log.warning("redo replay: change %r skipped: %s", entry, exc)
         applied += 1
     store.generation = max(store.generation, reserved)
     return applied, skipped
