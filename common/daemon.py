@@ -249,8 +249,13 @@ class Daemon:
             daemon = cls(argv)
         except ConfigError as exc:
             print(f"{cls.program}: {exc}", file=sys.stderr)
+            cls.config_error_before_start(argv, exc)
             return EXIT_ERROR
         return daemon.run()
+
+    @classmethod
+    def config_error_before_start(cls, argv, exc):
+        """A bad option or file stopped the program before it ran; xapi-init records it."""
 
 
 def _signature_of(fn):

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from common import dbconf, inventory, license as license_mod, logconf, poolconf
-from common.daemon import EXIT_ERROR, EXIT_OK, Daemon
+from common.daemon import EXIT_OK, Daemon
 from common.errors import ConfigError, XapiError
 from common.fileutil import atomic_write
 from common.paths import MANAGED_PROGRAMS, Paths, root_from_env
@@ -222,19 +222,14 @@ class InitDaemon(Daemon):
         return parser
 
     @classmethod
-    def main(cls, argv=None):
-        """Exit codes: 0 stopped cleanly, 1 bad configuration, 2 a step failed, 123 restart me."""
+    def config_error_before_start(cls, argv, exc):
+        """Exit codes: 0 stopped cleanly, 1 bad configuration, 2 a step failed, 123 restart me.
+        A bad configuration is left in startup.json, where `xapi-ctl up` looks."""
         try:
-            daemon = cls(argv)
-        except ConfigError as exc:
-            print(f"xapi-init: {exc}", file=sys.stderr)
-            try:
-                args = cls.arg_parser().parse_args(argv)
-                _record_fatal(Paths(root_from_env(args.root)), exc)
-            except XapiError:
-                pass
-            return EXIT_ERROR
-        return daemon.run()
+            args = cls.arg_parser().parse_args(argv)
+            _record_fatal(Paths(root_from_env(args.root)), exc)
+        except XapiError:
+            pass
 
 
 def _record_fatal(paths, exc):

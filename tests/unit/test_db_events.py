@@ -4,45 +4,19 @@ their owners stamped; event.from tokens, add/mod/del, class filters, blocking an
 message events in the second half of the token."""
 
 import asyncio
-import concurrent.futures
-import shutil
-import tempfile
 import time
 import uuid as uuid_mod
 
 import pytest
 
 from common.errors import XapiError
-from common.paths import Paths
 from daemons.db import store as store_mod
-from daemons.db.engine import Engine
 from daemons.db.events import make_token, parse_token
+
 
 NULL = "OpaqueRef:NULL"
 
 
-class Env:
-    def __init__(self):
-        self.root = tempfile.mkdtemp(prefix="x", dir="/tmp")
-        self.paths = Paths(self.root)
-        self.paths.make_dirs()
-        self.executor = concurrent.futures.ThreadPoolExecutor(2)
-
-    async def engine(self):
-        engine = Engine(self.paths, self.executor)
-        await engine.open()
-        return engine
-
-    def close(self):
-        self.executor.shutdown(wait=True)
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-@pytest.fixture
-def env():
-    env = Env()
-    yield env
-    env.close()
 
 
 def run(env, body):

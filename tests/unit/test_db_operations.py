@@ -3,19 +3,15 @@ every read and write operation, and every XenAPI error, each failing call leavin
 generation and its state.db dump exactly as they were."""
 
 import asyncio
-import concurrent.futures
 import copy
 import datetime
-import shutil
-import tempfile
 import uuid as uuid_mod
 
 import pytest
 
 from common import schema
 from common.errors import XapiError
-from common.paths import Paths
-from daemons.db.engine import Engine
+
 
 UTC = datetime.timezone.utc
 NULL = "OpaqueRef:NULL"
@@ -23,30 +19,6 @@ NULL = "OpaqueRef:NULL"
 
 # -- harness ------------------------------------------------------------------------------------
 
-class Env:
-    """A short temp ROOT with its dirs, and the executor an Engine needs."""
-
-    def __init__(self):
-        self.root = tempfile.mkdtemp(prefix="x", dir="/tmp")
-        self.paths = Paths(self.root)
-        self.paths.make_dirs()
-        self.executor = concurrent.futures.ThreadPoolExecutor(2)
-
-    async def engine(self):
-        engine = Engine(self.paths, self.executor)
-        await engine.open()
-        return engine
-
-    def close(self):
-        self.executor.shutdown(wait=True)
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-@pytest.fixture
-def env():
-    env = Env()
-    yield env
-    env.close()
 
 
 def run(env, body):

@@ -1,0 +1,27 @@
+"""The harness of the xapi-db engine tests: a short temp ROOT and the executor an Engine needs."""
+
+import concurrent.futures
+import shutil
+import tempfile
+
+from common.paths import Paths
+from daemons.db.engine import Engine
+
+
+class Env:
+    """A short temp ROOT with its dirs, and the executor an Engine needs."""
+
+    def __init__(self):
+        self.root = tempfile.mkdtemp(prefix="x", dir="/tmp")
+        self.paths = Paths(self.root)
+        self.paths.make_dirs()
+        self.executor = concurrent.futures.ThreadPoolExecutor(2)
+
+    async def engine(self):
+        engine = Engine(self.paths, self.executor)
+        await engine.open()
+        return engine
+
+    def close(self):
+        self.executor.shutdown(wait=True)
+        shutil.rmtree(self.root, ignore_errors=True)
