@@ -73,6 +73,13 @@ def cmd_down(paths, args):
     return EXIT_OK
 
 
+def cmd_supervisord_conf(paths, args):
+    """Write supervisord's config for ROOT and print its path (for a systemd unit that runs
+    supervisord in the foreground)."""
+    _out(str(tree.write_supervisord_conf(paths)))
+    return EXIT_OK
+
+
 def cmd_status(paths, args):
     """Show the host, start-up state, every program and the steps."""
     status, code = status_mod.gather(paths, tree.read_progress)
@@ -216,6 +223,7 @@ def build_parser():
     p.add_argument("--timeout", type=float, default=UP_TIMEOUT_S,
                    help=f"seconds to wait for init complete (default {UP_TIMEOUT_S:g})")
     add("down", cmd_down)
+    add("supervisord-conf", cmd_supervisord_conf)
     p = add("status", cmd_status)
     p.add_argument("--json", action="store_true")
     p = add("steps", cmd_steps)

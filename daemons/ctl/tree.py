@@ -79,14 +79,19 @@ files = {conf_d}/*.conf
 """
 
 
+def write_supervisord_conf(paths):
+    paths.make_dirs()
+    atomic_write(paths.supervisor_conf, render_supervisord_conf(paths), mode=0o600)
+    return paths.supervisor_conf
+
+
 def start_supervisord(paths):
     """Start supervisord for ROOT, detached from our stdin/stdout/stderr; return once its
     XML-RPC socket answers."""
     supervisor = Supervisor(paths.supervisor_socket)
     if supervisor.alive():
         return supervisor, False
-    paths.make_dirs()
-    atomic_write(paths.supervisor_conf, render_supervisord_conf(paths), mode=0o600)
+    write_supervisord_conf(paths)
     env = dict(os.environ, XAPI_ROOT=str(paths.root), XAPI_BIN=str(bin_dir()))
     env.pop("NOTIFY_SOCKET", None)
     # The programs start often (every restart): let Python cache their bytecode, as an
