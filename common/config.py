@@ -69,7 +69,13 @@ _OPTIONS = [
     Option("master-scripts-dir", "path", "/etc/xensource/master.d",
            "Directory of scripts run with start/stop when the role changes (dom0 path)."),
     Option("required-processes", "list", [],
-           "Names of processes that must run, checked at start-up."),
+           "Names of processes that must be running, checked by the start-up step \"Run "
+           "startup check\" (psutil: a process name or the basename of its command); a missing "
+           "one fails start-up with its name. Empty by default: xapi checks xenstored, "
+           "xenconsoled and blktapctrl, which a host without Xen does not run."),
+    Option("dom0-memory-target-mib", "int", 0,
+           "Memory target of the control domain in MiB, written to xenstore "
+           "(/local/domain/0/memory/target, in KiB) at start-up; 0: all of domain 0's memory."),
     Option("disable-dbsync-for", "list", [],
            "Names of dbsync steps to skip."),
     Option("guest_liveness_timeout", "float", 300.0,

@@ -9,7 +9,7 @@ import time
 
 from common.daemon import current_task
 from common.errors import StepFailed, XapiError
-from daemons.init import actions
+from daemons.init import actions, platform_steps
 from daemons.init import progress as pr
 from daemons.init.steps import STEPS, Command, Local, StartProgram, steps_for
 
@@ -17,6 +17,21 @@ log = logging.getLogger("xapi-init")
 
 EXIT_STEP_FAILED = 2
 EXIT_RESTART_ME = 123
+
+# The modules whose functions a Local(name) of the step table may name.
+LOCAL_ACTION_MODULES = (actions, platform_steps)
+
+
+def local_action(name):
+    """The function a ``Local(name)`` runs: the one defined under that name in one of
+    LOCAL_ACTION_MODULES (a name imported into a module, or defined in two, is refused)."""
+    found = [fn for module in LOCAL_ACTION_MODULES
+             if callable(fn := getattr(module, name, None))
+             and getattr(fn, "__module__", None) == module.__name__]
+    if len(found) != 1:
+        where = ", ".join(module.__name__ for module in LOCAL_ACTION_MODULES)
+        raise LookupError(f"local action {name!r}: defined {len(found)} time(s) in {where}")
+    return found[0]
 
 
 class Runner:
@@ -39,7 +54,7 @@ class Runner:
     async def perform(self, action):
         ctx = self.ctx
         if isinstance(action, Local):
-            fn = getattr(actions, action.fn)
+            fn = local_action(action.fn)
             return await asyncio.get_running_loop().run_in_executor(
                 self.programs.executor, fn, ctx, self)
         if isinstance(action, StartProgram):

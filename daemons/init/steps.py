@@ -3,7 +3,8 @@
 Each step has the seed's words as its name, the role it runs in (``both``, ``master``,
 ``slave``), its flags and its action, as data:
 
-- ``Local(fn)``: a function of daemons/init/actions.py, by name;
+- ``Local(fn)``: a local function by name, defined in one of the modules of
+  runner.LOCAL_ACTION_MODULES (actions.py, platform_steps.py, ...);
 - ``StartProgram(program)``: start a program through supervisord and wait for its READY; the
   orchestrator then sends it ``sys.set_role``;
 - ``Command(program, method, args)``: send a command; it is recorded and replayed to the
@@ -72,13 +73,11 @@ STEPS = (
     Step("Read pool secret", actions=(Local("read_pool_secret"),)),
     Step("Initialise licensing", actions=(Local("init_licensing"),)),
     Step("Output xapi version info to the log", actions=(Local("log_version_info"),)),
-    Step("Check control domain",
-         pending=f"{PLATFORM_ISSUE}: inventory CONTROL_DOMAIN_UUID against domain 0"),
+    Step("Check control domain", actions=(Local("check_control_domain"),)),
     Step("Set signal handlers", actions=(Local("set_signal_handlers"),)),
-    Step("Set up xenstore keys", pending=f"{PLATFORM_ISSUE}: dom0 xenstore keys"),
+    Step("Set up xenstore keys", actions=(Local("setup_xenstore_keys"),)),
     Step("Initialise random number generator", actions=(Local("init_random"),)),
-    Step("Run startup check",
-         pending=f"{PLATFORM_ISSUE}: required-processes must be running"),
+    Step("Run startup check", actions=(Local("run_startup_check"),)),
     Step("Register http handlers",
          actions=(StartProgram("xapi-api"), Command("xapi-api", "api.set_boot_state", ("booting",))),
          pending=f"{API_ISSUE}: HTTP handlers"),
@@ -113,7 +112,7 @@ STEPS = (
     Step("Check that current license is okay for pooling configuration", no_exn=True,
          pending=f"{PLATFORM_ISSUE}: alert when slaves exist and pooling is restricted"),
     Step("Set memory target for control domain", on_thread=True,
-         pending=f"{PLATFORM_ISSUE}: dom0 memory target in xenstore"),
+         actions=(Local("set_dom0_memory_target"),)),
     Step("Start message e-mailing thread", no_exn=True,
          actions=(StartProgram("xapi-mailer"),),
          pending=f"{LIVENESS_MAIL_ISSUE}: message delivery"),

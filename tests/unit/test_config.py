@@ -30,7 +30,7 @@ def test_registry_has_every_option_with_a_typed_default():
         "required-processes": ("list", []), "disable-dbsync-for": ("list", []),
         "guest_liveness_timeout": ("float", 300.0), "guest_liveness_interval": ("float", 0.0),
         "xapi-message-script": ("path", ""), "log-max-size-bytes": ("int", 10485760),
-        "emergency-restart-delay": ("float", 60.0),
+        "emergency-restart-delay": ("float", 60.0), "dom0-memory-target-mib": ("int", 0),
     }
     assert {n: (o.type, o.default) for n, o in OPTIONS.items()} == expected
     assert all(o.description for o in OPTIONS.values())

@@ -321,7 +321,7 @@ def test_token_after_changes_gives_add_mod_del(env):
         assert summary(await e.events_since(["vm"], result["token"], 0)) == \
             [("vm", "mod", kept)]
         # a token in the middle: the events after it only
-        mid = make_token(by_ref[doomed]["id"] and int(by_ref[doomed]["id"]), 0)
+        mid = make_token(int(by_ref[doomed]["id"]), 0)
         after_mid = summary(await e.events_since(["vm"], mid, 0))
         assert ("vm", "del", doomed) not in after_mid and ("vm", "add", born) in after_mid
     run(env, body)

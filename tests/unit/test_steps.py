@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from common.paths import MANAGED_PROGRAMS
-from daemons.init import actions
+from daemons.init import actions, platform_steps
+from daemons.init.runner import LOCAL_ACTION_MODULES, local_action
 from daemons.init.steps import (BOTH, MASTER, SLAVE, STEPS, Command, Local, StartProgram,
                                 programs_in_start_order, steps_for)
 
@@ -119,13 +120,21 @@ def test_every_action_is_a_known_kind():
         assert isinstance(action, (Local, StartProgram, Command)), (step.name, action)
 
 
-def test_every_local_action_names_a_function_of_actions_py():
+def test_every_local_action_names_a_function_of_a_local_action_module():
     locals_ = [(s, a) for s, a in all_actions() if isinstance(a, Local)]
     assert locals_
     for step, action in locals_:
-        fn = getattr(actions, action.fn, None)
-        assert callable(fn), f"{step.name}: actions.{action.fn} does not exist"
-        assert inspect.getmodule(fn) is actions, f"{action.fn} is not defined in actions.py"
+        fn = local_action(action.fn)   # LookupError: missing, imported, or defined twice
+        assert callable(fn), f"{step.name}: {action.fn} is not callable"
+        assert inspect.getmodule(fn) in LOCAL_ACTION_MODULES, f"{action.fn} is not a local action"
+
+
+def test_the_runner_resolves_local_actions_only_where_they_are_defined():
+    assert local_action("parse_arguments") is actions.parse_arguments
+    assert local_action("check_control_domain") is platform_steps.check_control_domain
+    for name in ("atomic_write", "no_such_action", "XapiError"):   # imported, or nowhere
+        with pytest.raises(LookupError):
+            local_action(name)
 
 
 def test_every_command_predicate_names_a_function_of_actions_py():
