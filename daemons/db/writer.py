@@ -21,6 +21,7 @@ from daemons.db.operations import Transaction
 log = logging.getLogger("xapi-db")
 
 RESERVE_STEP = 10000
+STOP_GRACE_S = 10.0
 
 
 def is_logged(change):
@@ -40,14 +41,24 @@ class Writer:
         self._queue = []
         self._wake = asyncio.Event()
         self._task = None
+        self._stopping = False
 
     def start(self):
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self):
+        """Stop taking rounds; callers still waiting get DB_STOPPING (their writes were not
+        made durable, so not applied)."""
         if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            self._stopping = True
+            self._wake.set()
+            try:   # the round in flight finishes: its writes are acknowledged, not lost
+                await asyncio.wait_for(asyncio.shield(self._task), STOP_GRACE_S)
+            except asyncio.TimeoutError:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+        queued, self._queue = self._queue, []
+        _fail(queued, XapiError("DB_STOPPING", "xapi-db is stopping; retry"))
 
     async def submit(self, fn):
         """Run ``fn(txn)`` in the next round; returns its result once durable and visible."""
@@ -57,18 +68,21 @@ class Writer:
         return await future
 
     async def _run(self):
-        while True:
+        while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
+            if self._stopping:
+                return
             batch, self._queue = self._queue, []
             if batch:
                 try:
                     await self._round(batch)
+                except asyncio.CancelledError:
+                    _fail(batch, XapiError("DB_STOPPING", "xapi-db is stopping; retry"))
+                    raise
                 except Exception as exc:   # never leave a caller hanging
                     log.exception("write round failed")
-                    for _fn, future in batch:
-                        if not future.done():
-                            future.set_exception(XapiError("INTERNAL_ERROR", str(exc)))
+                    _fail(batch, XapiError("INTERNAL_ERROR", str(exc)))
 
     async def _round(self, batch):
         txn = Transaction(self.store)
@@ -123,6 +137,12 @@ class Writer:
                 future.set_exception(error)
             else:
                 future.set_result(result)
+
+
+def _fail(batch, error):
+    for _fn, future in batch:
+        if not future.done():
+            future.set_exception(error)
 
 
 def replay(store, records):
