@@ -9,7 +9,7 @@ import time
 
 from common.daemon import current_task
 from common.errors import StepFailed, XapiError
-from daemons.init import actions, platform_steps
+from daemons.init import actions, dbsync, platform_steps
 from daemons.init import progress as pr
 from daemons.init.steps import STEPS, Command, Local, StartProgram, steps_for
 
@@ -19,7 +19,7 @@ EXIT_STEP_FAILED = 2
 EXIT_RESTART_ME = 123
 
 # The modules whose functions a Local(name) of the step table may name.
-LOCAL_ACTION_MODULES = (actions, platform_steps)
+LOCAL_ACTION_MODULES = (actions, platform_steps, dbsync)
 
 
 def local_action(name):
