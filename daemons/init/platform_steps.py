@@ -14,9 +14,11 @@ below, ``startup_check`` looks for xenstored, xenconsoled and blktapctrl with ps
 """
 
 from common import inventory as inventory_mod
+from common import localdb
 from common.errors import ConfigError, XapiError
 from common.platform import hostfacts
 from common.platform.xensim import DOM0_NAME, XenSim
+from common.rpc import RpcClient
 
 DOM0 = "/local/domain/0"
 MEMORY_TARGET = f"{DOM0}/memory/target"
@@ -140,3 +142,16 @@ def set_dom0_memory_target(ctx, runner):
     written = _write_keys(sim, {MEMORY_TARGET: str(target_kib)})
     return (f"{MEMORY_TARGET} = {target_kib} KiB ({target_kib / 1024:g} MiB, {source})"
             + ("" if written else ", unchanged"))
+
+
+def enable_host(ctx, runner):
+    """REFERENCE "Hosts re-enable themselves": at the end of start-up, once its PBDs are
+    plugged, the host sets its own enabled=true, unless local.db host_disabled_until_reboot."""
+    if ctx.local_db.get_bool(localdb.HOST_DISABLED_UNTIL_REBOOT, False):
+        return "host_disabled_until_reboot is set: the host stays disabled"
+    host_uuid = ctx.inventory[inventory_mod.INSTALLATION_UUID]
+    with RpcClient(ctx.paths.rpc_endpoint("xapi-db"),
+                   timeout_s=ctx.config["command-timeout"]) as db:
+        host = db.call("db.get_by_uuid", "host", host_uuid)
+        changed = db.call("db.write_field", "host", host, "enabled", True)
+    return "host enabled" if changed else "host already enabled"

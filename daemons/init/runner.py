@@ -2,6 +2,7 @@
 resumes after a crash of xapi-init, and enters emergency mode on a broken host."""
 
 import asyncio
+import contextvars
 import logging
 import random
 import signal
@@ -55,8 +56,9 @@ class Runner:
         ctx = self.ctx
         if isinstance(action, Local):
             fn = local_action(action.fn)
+            # in the step's context, so its log lines name the step ([task] in the log)
             return await asyncio.get_running_loop().run_in_executor(
-                self.programs.executor, fn, ctx, self)
+                self.programs.executor, contextvars.copy_context().run, fn, ctx, self)
         if isinstance(action, StartProgram):
             pid = await self.programs.start_and_wait(action.program, ctx.config["ready-timeout"])
             self.progress.program_started(action.program)

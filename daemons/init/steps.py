@@ -154,7 +154,8 @@ STEPS = (
          pending=f"{PLATFORM_ISSUE}: tools ISO version"),
     Step("Fetch database backup from master", role=SLAVE, no_exn=True,
          pending=f"{POOL_WORK}: fetch the DB backup"),
-    Step("Plug unplugged PBDs", no_exn=True, pending=f"{PLATFORM_ISSUE}: PBD plug"),
+    Step("Plug unplugged PBDs", no_exn=True, actions=(Local("enable_host"),),
+         pending=f"{PLATFORM_ISSUE}: PBD plug (the host re-enables itself after it)"),
     Step("Consider sending a master transition alert", role=MASTER, no_exn=True,
          actions=(Local("consider_master_transition_alert"),)),
 )

@@ -9,6 +9,7 @@ import pytest
 
 from common import inventory
 from common.platform.xensim import XenSim
+from common.rpc import RpcClient
 
 from .conftest import describe, running_tree
 
@@ -52,6 +53,13 @@ def test_master_with_a_running_required_process_creates_domain_0():
         assert sim.read("/local/domain/0/vm") == f"/vm/{dom0_uuid}"
         assert sim.read(f"/vm/{dom0_uuid}/uuid") == dom0_uuid
         assert sim.read("/local/domain/0/memory/target") == str(dom0["memory_kib"])
+
+        # the host disabled by "Start up database engine" re-enables itself at the end
+        host_uuid = inventory.read_inventory(tree.paths.inventory)[inventory.INSTALLATION_UUID]
+        with RpcClient(tree.paths.rpc_endpoint("xapi-db"), timeout_s=10) as db:
+            host = db.call("db.get_by_uuid", "host", host_uuid)
+            assert db.call("db.read_field", "host", host, "enabled") is True
+        assert "host enabled" in step(status, "Plug unplugged PBDs")["note"]
 
 
 @pytest.mark.timeout(150)
