@@ -155,3 +155,22 @@ def enable_host(ctx, runner):
         host = db.call("db.get_by_uuid", "host", host_uuid)
         changed = db.call("db.write_field", "host", host, "enabled", True)
     return "host enabled" if changed else "host already enabled"
+
+
+def check_license_pooling(ctx, runner):
+    """xapi's "Checking that current license is ok for pooling configuration": a licence that
+    restricts pooling on a host that is a slave, or a master with other hosts in its pool,
+    raises LICENSE_DOES_NOT_SUPPORT_POOLING (priority 1, class Host) for this host."""
+    lic = ctx.license
+    if not lic.restrict_pooling:
+        return f"{lic.edition} edition: pooling allowed"
+    host_uuid = ctx.inventory[inventory_mod.INSTALLATION_UUID]
+    with RpcClient(ctx.paths.rpc_endpoint("xapi-db"),
+                   timeout_s=ctx.config["command-timeout"]) as db:
+        hosts = db.call("db.read_refs", "host")
+        if not ctx.role.is_slave and len(hosts) <= 1:
+            return f"{lic.edition} edition restricts pooling; this host is alone: no alert"
+        ref = db.call("message.create", "LICENSE_DOES_NOT_SUPPORT_POOLING", 1, "Host",
+                      host_uuid, "")
+    return (f"{lic.edition} edition restricts pooling and the pool has {len(hosts)} host(s): "
+            f"alert LICENSE_DOES_NOT_SUPPORT_POOLING ({ref})")

@@ -113,3 +113,30 @@ def test_a_changed_control_domain_uuid_fails_the_next_start_up(make_tree):
     assert failed["status"] == "failed", failed
     assert original in failed["error"] and changed in failed["error"], failed
     assert sim_list(tree)[0]["uuid"] == original          # domain 0 left as it was
+
+
+@pytest.mark.timeout(240)
+def test_a_licence_that_restricts_pooling_alerts_when_the_pool_has_other_hosts(make_tree):
+    tree = make_tree()
+    tree.init()
+    first = tree.up()
+    assert first.returncode == 0, describe(first)
+    status = json.loads(tree.ctl("status", "--json").stdout)
+    assert "pooling allowed" in step(status, "Check that current license is okay for "
+                                             "pooling configuration")["note"]
+    with RpcClient(tree.paths.rpc_endpoint("xapi-db"), timeout_s=10) as db:
+        db.call("db.create_row", "host", {"name_label": "another host"})
+        assert db.call("message.get_all_records") == {}
+    tree.ctl_ok("down", timeout_s=60)
+
+    tree.paths.license.write_text("edition = express\n")
+    second = tree.up()
+    assert second.returncode == 0, describe(second)
+    status = json.loads(tree.ctl("status", "--json").stdout)
+    check = step(status, "Check that current license is okay for pooling configuration")
+    assert check["status"] == "ok" and "LICENSE_DOES_NOT_SUPPORT_POOLING" in check["note"], check
+    host_uuid = inventory.read_inventory(tree.paths.inventory)[inventory.INSTALLATION_UUID]
+    with RpcClient(tree.paths.rpc_endpoint("xapi-db"), timeout_s=10) as db:
+        messages = list(db.call("message.get_all_records").values())
+    assert [(m["name"], m["priority"], m["cls"], m["obj_uuid"]) for m in messages] == \
+        [("LICENSE_DOES_NOT_SUPPORT_POOLING", 1, "Host", host_uuid)], messages
