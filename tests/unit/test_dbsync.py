@@ -24,7 +24,7 @@ from common.errors import XapiError
 from common.platform import hostfacts
 from common.platform.xensim import XenSim
 from daemons.db import front
-from daemons.init import dbsync
+from daemons.init import dbsync, dbsync_common, dbsync_host, dbsync_master
 from daemons.init.context import HostContext
 
 from db_harness import Env  # noqa: E402
@@ -184,19 +184,19 @@ def populate(ctx, db):
     """A host with something for every sub-step to find: a crash dump, an applied patch, SM
     plugins, ISOs, a PIF with a VLAN, a guest domain, a pending task."""
     root = ctx.paths
-    crash = root.under(dbsync.CRASH_DIR) / "20240102-030405-UTC"
+    crash = root.under(dbsync_host.CRASH_DIR) / "20240102-030405-UTC"
     crash.mkdir(parents=True)
     (crash / "dump").write_bytes(b"x" * 1000)
-    applied = root.under(dbsync.PATCH_APPLIED_DIR)
+    applied = root.under(dbsync_host.PATCH_APPLIED_DIR)
     applied.mkdir(parents=True)
     (applied / "p1").write_text(
         f'<info uuid="{uuid_mod.uuid4()}" name-label="hotfix 1" name-description="fixes" '
         f'version="1.0" after-apply-guidance="restartXAPI restartHost"/>')
-    sm = root.under(dbsync.SM_DIR)
+    sm = root.under(dbsync_master.SM_DIR)
     sm.mkdir(parents=True)
     (sm / "EXTSR").write_text("#!/bin/sh\n")
     os.chmod(sm / "EXTSR", 0o755)
-    iso = root.under(dbsync.TOOLS_SR_DIR)
+    iso = root.under(dbsync_master.TOOLS_SR_DIR)
     iso.mkdir(parents=True)
     (iso / "guest-tools.iso").write_bytes(b"iso")
 
@@ -216,7 +216,7 @@ def test_a_fresh_master_gets_every_record(env, db, facts):
     assert (h["name_label"], h["hostname"], h["address"]) == ("testhost", "testhost", "127.0.0.1")
     assert (h["API_version_major"], h["API_version_minor"]) == (2, 21)
     assert h["API_version_vendor"] == "XenSource"
-    assert h["software_version"]["xapi"] == dbsync.VERSION
+    assert h["software_version"]["xapi"] == dbsync_host.VERSION
     assert h["software_version"]["build_number"] == "0"
     assert h["other_config"]["boot_time"] == "1700000000."
     assert h["other_config"]["agent_start_time"] == "1712345678.25"
@@ -421,7 +421,7 @@ def test_a_running_vm_whose_host_is_gone_is_halted_by_the_master(env, db, facts)
 def test_crashdumps_follow_the_crash_directory(env, db, facts):
     ctx = make_ctx(env)
     run_substep(ctx, db, "create_localhost")
-    crash = ctx.paths.under(dbsync.CRASH_DIR)
+    crash = ctx.paths.under(dbsync_host.CRASH_DIR)
     note = run_substep(ctx, db, "crashdump_resynchronise")     # no directory: nothing
     assert note.startswith("0 new, 0 removed")
     (crash / "20240102-030405-UTC").mkdir(parents=True)
@@ -443,7 +443,7 @@ def test_crashdumps_follow_the_crash_directory(env, db, facts):
 def test_patches_follow_the_applied_directory(env, db, facts, caplog):
     ctx = make_ctx(env)
     run_substep(ctx, db, "create_localhost")
-    applied = ctx.paths.under(dbsync.PATCH_APPLIED_DIR)
+    applied = ctx.paths.under(dbsync_host.PATCH_APPLIED_DIR)
     applied.mkdir(parents=True)
     uuid = str(uuid_mod.uuid4())
     (applied / "good").write_text(
@@ -467,7 +467,7 @@ def test_patches_follow_the_applied_directory(env, db, facts, caplog):
 def test_the_sm_table_follows_the_plugins(env, db, facts, caplog):
     ctx = make_ctx(env)
     run_substep(ctx, db, "create_localhost")
-    sm = ctx.paths.under(dbsync.SM_DIR)
+    sm = ctx.paths.under(dbsync_master.SM_DIR)
     sm.mkdir(parents=True)
     for name, mode in (("EXTSR", 0o755), ("NFSSR", 0o644), ("README", 0o755),
                        ("ISOSR", 0o755)):
@@ -569,9 +569,9 @@ def test_the_management_address_comes_from_the_management_interface(env, db, fac
     ctx = make_ctx(env)
     ctx.inventory[inventory.MANAGEMENT_INTERFACE] = "xenbr0"
     facts.nics["xenbr0"] = fake_nic("xenbr0", ipv4=("198.51.100.7",))
-    assert dbsync.management_address(ctx) == "198.51.100.7"
+    assert dbsync_common.management_address(ctx) == "198.51.100.7"
     facts.nics.clear()
-    assert dbsync.management_address(ctx) == "127.0.0.1"
+    assert dbsync_common.management_address(ctx) == "127.0.0.1"
 
 
 def test_one_tools_sr_with_a_pbd_per_host(env, db, facts):
@@ -599,6 +599,6 @@ def test_run_dbsync_notes_every_substep(env, db, facts, monkeypatch):
 
 
 def test_ocaml_string_of_float():
-    assert dbsync.ocaml_string_of_float(1700000000.0) == "1700000000."
-    assert dbsync.ocaml_string_of_float(1712345678.123456) == "1712345678.12"
-    assert dbsync.ocaml_string_of_float(0.5) == "0.5"
+    assert dbsync_host.ocaml_string_of_float(1700000000.0) == "1700000000."
+    assert dbsync_host.ocaml_string_of_float(1712345678.123456) == "1712345678.12"
+    assert dbsync_host.ocaml_string_of_float(0.5) == "0.5"
