@@ -161,3 +161,16 @@ def run_dbsync(ctx, runner):
         db.close()
     ctx.notes["dbsync"] = {name: f"{status}: {note}" for name, status, note in results}
     return describe(results, ctx.role.kind)
+
+
+def register_sr_plugins(ctx, runner):
+    """The step "Register SR plugins" (xapi's Sm.register): SM records from the executables in
+    the plugins dir, the same work as the master's dbsync sub-step update_sm_table. On a slave
+    the pool DB is the master's, reached only once the slave has logged in (pool work)."""
+    if not ctx.role.is_master:
+        return "slave: SM records are the master's (its dbsync keeps them)"
+    db = DbClient.connect(ctx.paths, ctx.config["command-timeout"])
+    try:
+        return update_sm_table(Sync(ctx, db))
+    finally:
+        db.close()

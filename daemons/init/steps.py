@@ -97,7 +97,7 @@ STEPS = (
          pending=f"{HA_WORK}: tell HA the database is valid"),
     Step("Bring up the management interface",
          pending=f"{API_ISSUE}: api.listen on management-address:https-port"),
-    Step("Register SR plugins", pending=f"{PLATFORM_ISSUE}: SM records from the plugins dir"),
+    Step("Register SR plugins", actions=(Local("register_sr_plugins"),)),
     Step("Start periodic scheduler", actions=(StartProgram("xapi-periodic"),),
          pending=f"{SCHED_RRD_ISSUE}: the scheduler loop", ends_broken_run=True),
     Step("Log into the master (say hello to pool)", role=SLAVE,

@@ -140,3 +140,24 @@ def test_a_licence_that_restricts_pooling_alerts_when_the_pool_has_other_hosts(m
         messages = list(db.call("message.get_all_records").values())
     assert [(m["name"], m["priority"], m["cls"], m["obj_uuid"]) for m in messages] == \
         [("LICENSE_DOES_NOT_SUPPORT_POOLING", 1, "Host", host_uuid)], messages
+
+
+@pytest.mark.timeout(240)
+def test_sr_plugins_become_sm_records(make_tree):
+    tree = make_tree()
+    tree.init()
+    sm_dir = tree.paths.under("/opt/xensource/sm")
+    sm_dir.mkdir(parents=True)
+    (sm_dir / "NFSSR").write_text("#!/bin/sh\n")
+    (sm_dir / "NFSSR").chmod(0o755)
+    (sm_dir / "ISOSR").write_text("#!/bin/sh\n")          # not executable: skipped
+    (sm_dir / "ISOSR").chmod(0o644)
+    done = tree.up()
+    assert done.returncode == 0, describe(done)
+    status = json.loads(tree.ctl("status", "--json").stdout)
+    register = step(status, "Register SR plugins")
+    assert register["status"] == "ok", register
+    with RpcClient(tree.paths.rpc_endpoint("xapi-db"), timeout_s=10) as db:
+        records = db.call("db.read_records_where", "SM", ["true"])
+    assert sorted((r["type"], r["name_label"]) for r in records.values()) == [("nfs", "NFS")]
+    assert "ISOSR" in (tree.paths.log_file("xapi-init")).read_text()
