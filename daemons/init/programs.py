@@ -292,11 +292,26 @@ class ProgramManager:
         if st.sv_state == sv.RUNNING and await self._signal_quietly(name, "TERM"):
             # One hop: SIGTERM (an orderly exit) and supervisord's autorestart starts it again
             # at once, with no stop-then-start round trips through its XML-RPC waits.
-            pass
+            await self._nudge_until_respawned(name, old_pid)
         else:
             await self.sv(self.supervisor.stop, name, True)
             await self.sv(self.supervisor.start, name, False)
         return await self._wait_ready(st, old_pid, timeout_s)
+
+    async def _nudge_until_respawned(self, name, old_pid, timeout_s=2.0):
+        """supervisord reaps a child on its next loop turn, which may be up to a second away
+        when the child's pipes closed a moment before it was gone; a request is such a turn.
+        Ask for the program's state every 20 ms until it runs with a new pid (bounded)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            try:
+                info = await self.sv(self.supervisor.info, name)
+            except XapiError:
+                return
+            if info["pid"] and info["pid"] != old_pid:
+                return
+            await asyncio.sleep(0.02)
 
     async def _signal_quietly(self, name, signame):
         try:
