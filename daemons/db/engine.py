@@ -66,8 +66,8 @@ class Engine:
     async def close(self):
         if self.writer is not None:
             await self.writer.stop()
-        try:
-            await self.flush(force=True)
+        try:   # only if the generation moved since the last flush: a quick orderly restart
+            await self.flush()
         except XapiError as exc:
             log.error("final flush failed: %s (the redo log keeps every write)", exc)
         self.redo.close()
