@@ -1,5 +1,6 @@
 """The harness of the xapi-db engine tests: a short temp ROOT and the executor an Engine needs."""
 
+import asyncio
 import concurrent.futures
 import shutil
 import tempfile
@@ -25,3 +26,16 @@ class Env:
     def close(self):
         self.executor.shutdown(wait=True)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def run(env, body):
+    """Run ``await body(engine)`` on a freshly opened engine, closed after unless the body
+    closed or crashed it."""
+    async def main():
+        engine = await env.engine()
+        try:
+            return await body(engine)
+        finally:
+            if engine.redo._fd is not None:
+                await engine.close()
+    return asyncio.run(main())

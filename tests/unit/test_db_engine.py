@@ -20,26 +20,11 @@ from daemons.db import xmlfile
 from daemons.db.engine import Engine
 from daemons.db.events import parse_token
 
-from db_harness import Env  # noqa: E402
+from db_harness import Env, run  # noqa: E402
 
 UTC = datetime.timezone.utc
 NULL = "OpaqueRef:NULL"
 
-
-# -- harness ------------------------------------------------------------------------------------
-
-
-
-def run(env, body):
-    """Run ``await body(engine)`` on a fresh engine; the body may close or crash it."""
-    async def main():
-        engine = await env.engine()
-        try:
-            return await body(engine)
-        finally:
-            if engine.redo._fd is not None:
-                await engine.close()
-    return asyncio.run(main())
 
 
 async def crash(engine):

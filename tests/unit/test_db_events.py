@@ -14,19 +14,10 @@ from daemons.db import store as store_mod
 from daemons.db.events import make_token, parse_token
 
 
+from db_harness import run  # noqa: E402
+
 NULL = "OpaqueRef:NULL"
 
-
-
-
-def run(env, body):
-    async def main():
-        engine = await env.engine()
-        try:
-            return await body(engine)
-        finally:
-            await engine.close()
-    return asyncio.run(main())
 
 
 def create(e, cls, values=None, ref=None):

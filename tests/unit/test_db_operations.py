@@ -14,22 +14,10 @@ from common.errors import XapiError
 
 
 UTC = datetime.timezone.utc
+from db_harness import run  # noqa: E402
+
 NULL = "OpaqueRef:NULL"
 
-
-# -- harness ------------------------------------------------------------------------------------
-
-
-
-def run(env, body):
-    """Run ``await body(engine)`` on a freshly opened engine, closed after."""
-    async def main():
-        engine = await env.engine()
-        try:
-            return await body(engine)
-        finally:
-            await engine.close()
-    return asyncio.run(main())
 
 
 async def state(e):
