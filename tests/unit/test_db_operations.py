@@ -13,8 +13,9 @@ from common import schema
 from common.errors import XapiError
 
 
-UTC = datetime.timezone.utc
 from db_harness import run  # noqa: E402
+
+UTC = datetime.timezone.utc
 
 NULL = "OpaqueRef:NULL"
 
