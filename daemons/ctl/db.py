@@ -4,23 +4,14 @@ import json
 import sys
 from pathlib import Path
 
-from common.errors import XapiError
 from common.fileutil import atomic_write
-from common.rpc import RpcClient
-from daemons.ctl.tree import CtlError
+from daemons.ctl.tree import CtlError, call_program
 
 DB_CALL_TIMEOUT_S = 60.0
 
 
 def _db(paths, method, *args):
-    try:
-        with RpcClient(paths.rpc_endpoint("xapi-db"), timeout_s=DB_CALL_TIMEOUT_S) as client:
-            return client.call(method, *args)
-    except XapiError as exc:
-        if exc.code == "RPC_TIMEOUT":
-            raise CtlError(f"xapi-db did not answer {method} within {DB_CALL_TIMEOUT_S:g} s: is "
-                           "the tree up? check `xapi-ctl status`", 4) from None
-        raise CtlError(f"{method}: {' '.join(exc.description)}") from None
+    return call_program(paths, "xapi-db", method, *args, timeout_s=DB_CALL_TIMEOUT_S)
 
 
 def cmd_db(paths, args, out=print):

@@ -11,7 +11,6 @@ import time
 
 from common.errors import ConfigError, XapiError
 from common.paths import PROGRAMS, Paths, root_from_env
-from common.rpc import RpcClient
 from common.supervisor import Supervisor
 from daemons.ctl import db as db_ctl
 from daemons.ctl import sim as sim_ctl
@@ -101,15 +100,7 @@ def cmd_steps(paths, args):
 
 
 def _init_call(paths, method, *params, timeout_s):
-    try:
-        with RpcClient(paths.rpc_endpoint("xapi-init"), timeout_s=timeout_s) as client:
-            return client.call(method, *params)
-    except XapiError as exc:
-        if exc.code == "RPC_TIMEOUT":
-            raise CtlError(f"xapi-init did not answer {method} within {timeout_s:g} s: is the "
-                           f"tree up? check `xapi-ctl status` and "
-                           f"{paths.log_file('xapi-init')}", 4) from None
-        raise CtlError(f"{method} failed: {exc}") from None
+    return tree.call_program(paths, "xapi-init", method, *params, timeout_s=timeout_s)
 
 
 def _name(name):

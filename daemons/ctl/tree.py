@@ -11,6 +11,7 @@ from common import inventory, poolconf
 from common.errors import XapiError
 from common.fileutil import atomic_write
 from common.paths import bin_dir, supervisord_conf_d
+from common.rpc import RpcClient
 from common.supervisor import FATAL, Supervisor
 
 SUPERVISORD_START_TIMEOUT_S = 20.0
@@ -26,6 +27,23 @@ class CtlError(XapiError):
 
     def __str__(self):
         return self.message
+
+
+def call_program(paths, program, method, *args, timeout_s):
+    """One call to a program of the tree, its failure as a CtlError: a timeout says what to
+    check (exit 4, cannot reach the tree), any other error names the method and the code."""
+    if not paths.rpc_socket(program).exists():
+        raise CtlError(f"{program} is not running at {paths.root} (no {paths.rpc_socket(program)}): "
+                       "start the tree with `xapi-ctl up`", 4)
+    try:
+        with RpcClient(paths.rpc_endpoint(program), timeout_s=timeout_s) as client:
+            return client.call(method, *args)
+    except XapiError as exc:
+        if exc.code == "RPC_TIMEOUT":
+            raise CtlError(f"{program} did not answer {method} within {timeout_s:g} s: is the "
+                           f"tree up? check `xapi-ctl status` and "
+                           f"{paths.log_file(program)}", 4) from None
+        raise CtlError(f"{method}: {' '.join(exc.description)}") from None
 
 
 def is_initialised(paths):

@@ -37,6 +37,7 @@ class DbDaemon(Daemon):
         self.mode = None
         self.gc_enabled = False
         self.events_enabled = False
+        self.hints_dropped = 0
         loop = asyncio.get_running_loop()
         self.loops = [loop.create_task(self.flush_loop()), loop.create_task(self.gc_loop())]
 
@@ -74,8 +75,8 @@ class DbDaemon(Daemon):
             try:
                 self.pub.send_multipart([f"{cls_name}\0".encode(), protocol.pack(payload)],
                                         flags=zmq.NOBLOCK)
-            except zmq.Again:
-                pass
+            except zmq.Again:      # a hint only: subscribers catch up by token
+                self.hints_dropped += 1
 
     async def flush_loop(self):
         while True:
@@ -97,6 +98,7 @@ class DbDaemon(Daemon):
     def stats(self):
         stats = super().stats()
         stats.update(self.engine.stats())
+        stats["event_hints_dropped"] = self.hints_dropped
         return stats
 
     def health(self):

@@ -13,7 +13,6 @@ from common import inventory as inventory_mod
 from common.daemon import VERSION
 from common.errors import XapiError
 from common.fileutil import atomic_write, touch
-from common.rpc import RpcClient
 
 SCRIPT_TIMEOUT_S = 300.0
 
@@ -187,8 +186,7 @@ def consider_master_transition_alert(ctx, runner):
     if not ctx.local_db.get_bool(localdb.THIS_NODE_JUST_BECAME_MASTER, False):
         return "this host did not just become master"
     host_uuid = ctx.inventory[inventory_mod.INSTALLATION_UUID]
-    with RpcClient(ctx.paths.rpc_endpoint("xapi-db"),
-                   timeout_s=ctx.config["command-timeout"]) as db:
+    with ctx.rpc("xapi-db") as db:
         ref = db.call("message.create", "POOL_MASTER_TRANSITION", 4, "Host", host_uuid,
                       f"This host ({host_uuid}) is now the pool master.")
     ctx.local_db.put(localdb.THIS_NODE_JUST_BECAME_MASTER, False)

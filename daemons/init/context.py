@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 
 from common.paths import Paths
+from common.rpc import RpcClient
 
 
 @dataclass
@@ -19,3 +20,8 @@ class HostContext:
     system_boot: bool = False          # first start since the machine booted
     db_connections: list = field(default_factory=list)
     notes: dict = field(default_factory=dict)   # facts a step records for status
+
+    def rpc(self, program="xapi-db"):
+        """A blocking client for a step's calls to ``program`` (steps run in a worker
+        thread), bounded by the option command-timeout; use it in a ``with``."""
+        return RpcClient(self.paths.rpc_endpoint(program), timeout_s=self.config["command-timeout"])

@@ -154,7 +154,7 @@ def describe(results, role):
 def run_dbsync(ctx, runner):
     """The step's action: dbsync against this host's xapi-db (on a slave too: the master
     connection is pool work, so a slave's own xapi-db takes the per-host part)."""
-    db = DbClient.connect(ctx.paths, ctx.config["command-timeout"])
+    db = DbClient.connect(ctx)
     try:
         results = sync(ctx, db)
     finally:
@@ -169,7 +169,7 @@ def register_sr_plugins(ctx, runner):
     the pool DB is the master's, reached only once the slave has logged in (pool work)."""
     if not ctx.role.is_master:
         return "slave: SM records are the master's (its dbsync keeps them)"
-    db = DbClient.connect(ctx.paths, ctx.config["command-timeout"])
+    db = DbClient.connect(ctx)
     try:
         return update_sm_table(Sync(ctx, db))
     finally:

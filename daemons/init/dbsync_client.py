@@ -6,7 +6,6 @@ from datetime import datetime, timezone
 
 from common import schema
 from common.errors import XapiError
-from common.rpc import RpcClient
 
 NULL_REF = schema.NULL_REF
 
@@ -54,8 +53,9 @@ class DbClient:
         self.caller = caller
 
     @classmethod
-    def connect(cls, paths, timeout_s):
-        return cls(RpcClient(paths.rpc_endpoint("xapi-db"), timeout_s=timeout_s))
+    def connect(cls, ctx):
+        """This host's xapi-db, as every step reaches it (HostContext.rpc)."""
+        return cls(ctx.rpc("xapi-db"))
 
     def close(self):
         close = getattr(self.caller, "close", None)

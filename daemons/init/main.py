@@ -229,7 +229,7 @@ class InitDaemon(Daemon):
             args = cls.arg_parser().parse_args(argv)
             _record_fatal(Paths(root_from_env(args.root)), exc)
         except XapiError:
-            pass
+            pass      # no usable ROOT (the error says why): nowhere to record it
 
 
 def _record_fatal(paths, exc):
@@ -238,8 +238,9 @@ def _record_fatal(paths, exc):
         data = {"state": pr.RUN_FAILED, "error": str(exc), "failed_step": "configuration",
                 "steps": [], "at": time.time()}
         atomic_write(paths.startup_json, json.dumps(data, indent=1), mode=0o644)
-    except OSError:
-        pass
+    except OSError as write_error:    # the error itself is on stderr already
+        print(f"xapi-init: could not record it in {paths.startup_json}: {write_error}",
+              file=sys.stderr)
 
 
 def main(argv=None):

@@ -18,7 +18,6 @@ from common import localdb
 from common.errors import ConfigError, XapiError
 from common.platform import hostfacts
 from common.platform.xensim import DOM0_NAME, XenSim
-from common.rpc import RpcClient
 
 DOM0 = "/local/domain/0"
 MEMORY_TARGET = f"{DOM0}/memory/target"
@@ -150,8 +149,7 @@ def enable_host(ctx, runner):
     if ctx.local_db.get_bool(localdb.HOST_DISABLED_UNTIL_REBOOT, False):
         return "host_disabled_until_reboot is set: the host stays disabled"
     host_uuid = ctx.inventory[inventory_mod.INSTALLATION_UUID]
-    with RpcClient(ctx.paths.rpc_endpoint("xapi-db"),
-                   timeout_s=ctx.config["command-timeout"]) as db:
+    with ctx.rpc("xapi-db") as db:
         host = db.call("db.get_by_uuid", "host", host_uuid)
         changed = db.call("db.write_field", "host", host, "enabled", True)
     return "host enabled" if changed else "host already enabled"
@@ -165,8 +163,7 @@ def check_license_pooling(ctx, runner):
     if not lic.restrict_pooling:
         return f"{lic.edition} edition: pooling allowed"
     host_uuid = ctx.inventory[inventory_mod.INSTALLATION_UUID]
-    with RpcClient(ctx.paths.rpc_endpoint("xapi-db"),
-                   timeout_s=ctx.config["command-timeout"]) as db:
+    with ctx.rpc("xapi-db") as db:
         hosts = db.call("db.read_refs", "host")
         if not ctx.role.is_slave and len(hosts) <= 1:
             return f"{lic.edition} edition restricts pooling; this host is alone: no alert"
