@@ -39,3 +39,16 @@ def run(env, body):
             if engine.redo._fd is not None:
                 await engine.close()
     return asyncio.run(main())
+
+
+# writes through the engine's writer (one round each); they return awaitables
+def create(e, cls, values=None, ref=None):
+    return e.write(lambda t: e.ops.create_row(t, cls, values or {}, ref))
+
+
+def write(e, cls, ref, field, value):
+    return e.write(lambda t: e.ops.write_field(t, cls, ref, field, value))
+
+
+def delete(e, cls, ref):
+    return e.write(lambda t: e.ops.delete_row(t, cls, ref))

@@ -20,7 +20,7 @@ from daemons.db import xmlfile
 from daemons.db.engine import Engine
 from daemons.db.events import parse_token
 
-from db_harness import Env, run  # noqa: E402
+from db_harness import Env, create, delete, run, write  # noqa: E402
 
 UTC = datetime.timezone.utc
 NULL = "OpaqueRef:NULL"
@@ -32,17 +32,6 @@ async def crash(engine):
     await engine.writer.stop()
     engine.redo.close()
 
-
-def create(e, cls, values=None, ref=None):
-    return e.write(lambda t: e.ops.create_row(t, cls, values or {}, ref))
-
-
-def write(e, cls, ref, field, value):
-    return e.write(lambda t: e.ops.write_field(t, cls, ref, field, value))
-
-
-def delete(e, cls, ref):
-    return e.write(lambda t: e.ops.delete_row(t, cls, ref))
 
 
 def persistent_state(e):

@@ -14,22 +14,11 @@ from daemons.db import store as store_mod
 from daemons.db.events import make_token, parse_token
 
 
-from db_harness import run  # noqa: E402
+from db_harness import create, delete, run, write  # noqa: E402
 
 NULL = "OpaqueRef:NULL"
 
 
-
-def create(e, cls, values=None, ref=None):
-    return e.write(lambda t: e.ops.create_row(t, cls, values or {}, ref))
-
-
-def write(e, cls, ref, field, value):
-    return e.write(lambda t: e.ops.write_field(t, cls, ref, field, value))
-
-
-def delete(e, cls, ref):
-    return e.write(lambda t: e.ops.delete_row(t, cls, ref))
 
 
 def row(e, cls, ref):
