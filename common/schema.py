@@ -33,7 +33,6 @@ String forms, as xapi writes them (checked in xapi-project/xen-api):
 """
 
 import re
-from dataclasses import dataclass, field as dc_field
 from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Mapping
@@ -54,39 +53,70 @@ INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 # --- the model ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Field:
-    name: str                   # API name, e.g. "name_label"
-    column: str                 # state.db column, e.g. "name__label"
-    type: str                   # one of TYPES
-    default: object = dc_field(hash=False)
-    ro: bool                    # True: no API setter (xapi's DynamicRO/StaticRO)
-    persist: bool = True        # False for fields xapi does not persist
-    ref_class: str | None = None    # for a ref or a set of refs: the target class
-    item_type: str = "string"   # element type of a set, value type of a map (string keys)
-    enum_values: tuple = ()     # for an enum, or a set/map of enums
-    derived: tuple | None = None    # one-to-many set: (other_class, other_field)
-    required: bool = False      # a ref whose dangling makes the GC delete the row
+class _Frozen:
+    """Read-only attributes after __init__. Plain classes with __slots__ rather than frozen
+    dataclasses: building ~400 fields at import is on every daemon's start-up path."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"{type(self).__name__} is read-only: cannot set {name!r}")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"{type(self).__name__} is read-only: cannot delete {name!r}")
+
+
+class Field(_Frozen):
+    """One field: API name (e.g. "name_label"), state.db column (e.g. "name__label"), one of
+    TYPES, default, ro (no API setter: xapi's DynamicRO/StaticRO), persist (False for fields
+    xapi does not persist), ref_class (the target class of a ref or a set of refs), item_type
+    (element type of a set, value type of a map with string keys), enum_values (for an enum, or
+    a set/map of enums), derived (one-to-many set: (other_class, other_field)), required (a ref
+    whose dangling makes the GC delete the row)."""
+
+    __slots__ = ("name", "column", "type", "default", "ro", "persist", "ref_class",
+                 "item_type", "enum_values", "derived", "required")
+
+    def __init__(self, name, column, type, default, ro, persist=True, ref_class=None,
+                 item_type="string", enum_values=(), derived=None, required=False):
+        init = object.__setattr__
+        init(self, "name", name)
+        init(self, "column", column)
+        init(self, "type", type)
+        init(self, "default", default)
+        init(self, "ro", ro)
+        init(self, "persist", persist)
+        init(self, "ref_class", ref_class)
+        init(self, "item_type", item_type)
+        init(self, "enum_values", enum_values)
+        init(self, "derived", derived)
+        init(self, "required", required)
+
+    def __repr__(self):
+        return f"Field({self.name!r}, {self.type}{', ro' if self.ro else ''})"
 
     @property
     def is_derived(self):
         return self.derived is not None
 
 
-@dataclass(frozen=True)
-class Class:
-    name: str                   # xapi's class name, e.g. "VM", "host"
-    fields: Mapping[str, Field] = dc_field(hash=False)   # by API name, in table order
-    persist: bool = True        # False for session and task
-    _columns: Mapping = dc_field(init=False, repr=False, compare=False, hash=False)
+class Class(_Frozen):
+    """A class of the data model: xapi's name (e.g. "VM", "host"), its fields by API name in
+    table order, and whether it persists (False for session and task)."""
 
-    def __post_init__(self):
-        fields = self.fields
+    __slots__ = ("name", "fields", "persist", "_columns")
+
+    def __init__(self, name, fields, persist=True):
         if not isinstance(fields, Mapping):
             fields = {f.name: f for f in fields}
-        object.__setattr__(self, "fields", MappingProxyType(dict(fields)))
-        object.__setattr__(self, "_columns", MappingProxyType(
-            {f.column: f for f in self.fields.values()}))
+        init = object.__setattr__
+        init(self, "name", name)
+        init(self, "fields", MappingProxyType(dict(fields)))
+        init(self, "persist", persist)
+        init(self, "_columns", MappingProxyType({f.column: f for f in self.fields.values()}))
+
+    def __repr__(self):
+        return f"Class({self.name!r}, {len(self.fields)} fields)"
 
     def field(self, name) -> Field:
         try:

@@ -32,7 +32,6 @@ import os
 import re
 import threading
 import uuid as uuidlib
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -111,6 +110,7 @@ class Message:
 
     @classmethod
     def from_xml(cls, data):
+        import xml.etree.ElementTree as ET   # messages are parsed rarely; not at import
         root, fields = ET.fromstring(data), {}
         if root.tag != "message":
             raise ValueError(f"root element {root.tag!r}, not 'message'")

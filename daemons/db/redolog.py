@@ -59,13 +59,12 @@ import errno
 import logging
 import os
 import struct
-import tempfile
 import time
 import zlib
 from array import array
 from pathlib import Path
 
-from common.fileutil import atomic_write, fsync_dir
+from common.fileutil import atomic_write, create_temp_beside, fsync_dir
 from common.protocol import MAX_FRAME_BYTES, pack, unpack
 
 MAGIC = b"XAPIREDO\x01"
@@ -410,8 +409,7 @@ class RedoLog:
         drop = upto - self._base_seq
         cut = self._offsets[drop] if drop < len(self._offsets) else self._size
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
-                                       dir=self.path.parent)
+            fd, tmp = create_temp_beside(self.path)
         except OSError as exc:
             self._stats["errors"] += 1
             raise RedoLogError(f"redo log {self.path}: could not drop records up to seq "

@@ -36,7 +36,6 @@ all of it after the declaration on one line, and no newline at the end (Xmlm's d
 
 from __future__ import annotations
 
-import gzip
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -249,6 +248,7 @@ def parse(data: bytes, source: str = "<state.db>") -> RawDatabase:
     source = str(source)
     if data[:2] == GZIP_MAGIC:
         try:
+            import gzip   # only for .gz files; keeps it off xapi-db's start-up
             data = gzip.decompress(data)
         except (EOFError, OSError, zlib.error) as e:
             raise DbFileError(source, f"bad gzip data: {e}") from None
@@ -343,6 +343,7 @@ def render(db: RawDatabase) -> bytes:
 
 def render_gz(db: RawDatabase) -> bytes:
     """gzip of :func:`render`, deterministic (no name, mtime 0)."""
+    import gzip
     return gzip.compress(render(db), compresslevel=6, mtime=0)
 
 
