@@ -1,16 +1,56 @@
-"""xapi-api: the XenAPI front (process skeleton and boot state; the HTTP server is the API issue)."""
+"""xapi-api: the XenAPI front. XML-RPC and JSON-RPC over HTTP on the unix socket, on TCP and
+on TLS (the management interface), sessions, the methods generated from the schema, events,
+the host's boot state, and the HTTP pages /pool/xmldbdump, /status and /status.json."""
 
+import asyncio
+import gc
+import shutil
+import socket
 import sys
 
+from common import inventory
 from common.daemon import Daemon
 from common.errors import XapiError
+from common.rpc import AsyncRpcClient
+from daemons.api import jsonrpc_wire, xmlrpc_wire
+from daemons.api import marshal as m
+from daemons.api.dispatch import Dispatcher
+from daemons.api.events import Events
+from daemons.api.http import HttpServer, Limits, Response
+from daemons.api.methods import build_table
+from daemons.api.pages import Pages
+from daemons.api.sessions import Sessions
+from daemons.api import tls
 
 BOOT_STATES = ("booting", "ready", "emergency")
+LISTENERS = ("unix", "localhost", "management")
+XMLRPC_PATHS = ("/", "/RPC2")
+JSONRPC_PATH = "/jsonrpc"
+DB_TIMEOUT_S = 10.0
+ADDRESS_LOOKUP_TIMEOUT_S = 2.0
+
+
+class DbClient:
+    """xapi-db over the bus; reads are retried once within their budget."""
+
+    READS = frozenset(("db.read_refs", "db.read_field", "db.read_record", "db.get_by_uuid",
+                       "db.get_by_name_label", "db.read_records_where", "db.token",
+                       "db.touch_session", "message.get_all_records", "message.get_since"))
+
+    def __init__(self, endpoint):
+        self.client = AsyncRpcClient(endpoint, timeout_s=DB_TIMEOUT_S)
+
+    async def call(self, method, *args, timeout_s=None):
+        retries = 1 if method in self.READS else 0
+        return await self.client.call(method, *args, timeout_s=timeout_s, retries=retries)
+
+    def close(self):
+        self.client.close()
 
 
 class ApiDaemon(Daemon):
-    """The XenAPI front. Holds the host's boot state, which xapi-init sends as a command; the
-    listeners and methods come with the xapi-api issue."""
+    """The XenAPI front. The boot state comes from xapi-init as a command; so do the method
+    table (api.register_methods) and the listeners (api.listen)."""
 
     program = "xapi-api"
 
@@ -18,10 +58,24 @@ class ApiDaemon(Daemon):
         super().__init__(argv)
         self.boot_state = "booting"
         self.boot_error = ["HOST_STILL_BOOTING"]
+        self.master_address = None
+        self.listen_errors = {}        # listener -> the error that kept it closed
+        self.certificate = None        # tls.describe() of the management certificate
 
     async def setup(self):
+        self.db = DbClient(self.paths.rpc_endpoint("xapi-db"))
+        self.sessions = Sessions(self)
+        self.events = Events(self)
+        self.dispatcher = Dispatcher(self)
+        self.http = HttpServer(self.handle_http, Limits.from_config(self.config))
+        self.pages = Pages(self)
+        shutil.rmtree(self.paths.api_spool, ignore_errors=True)   # dumps of a previous life
         self.register("api.set_boot_state", self.set_boot_state, command=True)
+        self.register("api.register_methods", self.register_methods, command=True)
+        self.register("api.listen", self.listen, command=True)
+        self.register("api.check_listener", self.check_listener)
 
+    # -- commands ---------------------------------------------------------------------------------
     def set_boot_state(self, state, error=None):
         """Command: ``booting``, ``ready`` or ``emergency`` with the XenAPI error that every call
         outside the emergency list answers with."""
@@ -36,11 +90,174 @@ class ApiDaemon(Daemon):
                       f" ({' '.join(self.boot_error)})" if self.boot_error else "")
         return True
 
+    def register_methods(self):
+        """Command (the step "Register RPC callbacks"): the method table, generated from the
+        schema, is served from now on."""
+        self.dispatcher.table = build_table(self.events.methods())
+        gc.collect()
+        gc.freeze()     # the table's thousands of objects live for good: out of the GC's scans
+        return {"methods": len(self.dispatcher.table)}
+
+    async def listen(self, *names):
+        """Command: the listeners that are to be open, all of them (each start-up step sends
+        the set so far, so the newest command, the one replayed after a restart, names them
+        all): ``unix`` (var/lib/xcp/xapi, mode 0600), ``localhost`` (localhost-address:http-port)
+        and ``management`` (TLS on the management address:https-port). Open listeners are
+        kept. A listener that cannot be opened is logged and remembered, and the others are
+        still opened: the command does not fail, so that a replay after a restart still brings
+        up the rest; each step asks ``api.check_listener`` (not replayed) about its own."""
+        unknown = [name for name in names if name not in LISTENERS]
+        if unknown or not names:
+            raise XapiError("INVALID_VALUE", "listener", ",".join(map(str, unknown or names)))
+        for name in names:
+            if self.http.endpoint(name):
+                continue
+            try:
+                where = await self._open(name)
+            except XapiError as exc:
+                self.listen_errors[name] = list(exc.description)
+                self.log.error("XenAPI listener %s not opened: %s", name, exc)
+                continue
+            self.listen_errors.pop(name, None)
+            self.log.info("XenAPI listening on %s (%s)", where, name)
+        return {name: self.http.endpoint(name) or "not open" for name in names}
+
+    def check_listener(self, name):
+        """The step's check: ``name`` is open (its endpoint), else the error that kept it
+        closed."""
+        where = self.http.endpoint(name)
+        if where:
+            return {"listening": where}
+        raise XapiError(*(self.listen_errors.get(name)
+                          or ["API_LISTEN_FAILED", str(name), "not asked to listen"]))
+
+    def listener_endpoints(self):
+        return {name: self.http.endpoint(name) for name in LISTENERS}
+
+    async def _open(self, name):
+        if name == "unix":
+            return await self.http.listen_unix("unix", self.paths.api_socket)
+        if name == "localhost":
+            host, port, context = self.config["localhost-address"], self.config["http-port"], None
+        else:
+            host, port = await self.management_address(), self.config["https-port"]
+            context = await self._tls_context(host)
+        try:
+            return await self.http.listen_tcp(name, host, port, ssl_context=context)
+        except OSError as exc:
+            raise XapiError("API_LISTEN_FAILED", f"{host}:{port}",
+                            exc.strerror or str(exc)) from None
+
+    async def management_address(self):
+        """The option management-address if set, else the address of this host's record
+        (set from the management PIF at start-up), else 127.0.0.1."""
+        configured = (self.config["management-address"] or "").strip()
+        if configured:
+            return configured
+        if not self.paths.rpc_socket("xapi-db").exists():    # a slave before its DB starts
+            return "127.0.0.1"
+        try:
+            host_uuid = inventory.read_inventory(self.paths.inventory).get(
+                inventory.INSTALLATION_UUID)
+            host_ref = await self.db.call("db.get_by_uuid", "host", host_uuid,
+                                          timeout_s=ADDRESS_LOOKUP_TIMEOUT_S)
+            address = await self.db.call("db.read_field", "host", host_ref, "address",
+                                          timeout_s=ADDRESS_LOOKUP_TIMEOUT_S)
+            if address:
+                return address
+        except XapiError as exc:
+            if exc.code == "UUID_INVALID":       # first start: dbsync makes it later
+                self.log.info("management address: no host record yet; using 127.0.0.1")
+            else:
+                self.log.warning("management address: the host record is out of reach "
+                                 "(%s); using 127.0.0.1", exc)
+        return "127.0.0.1"
+
+    async def _tls_context(self, address):
+        """The certificate (made on first start if missing) and the SSL context from it."""
+        path = self.paths.xapi_ssl_pem
+        loop = asyncio.get_running_loop()
+        try:
+            info = await loop.run_in_executor(None, tls.ensure_certificate, path,
+                                              socket.gethostname(), [address])
+        except OSError as exc:
+            raise XapiError("SERVER_CERTIFICATE_INVALID", str(path),
+                            f"cannot write: {exc.strerror or exc}") from None
+        if info["created"]:
+            self.log.info("made a self-signed certificate %s for %s (valid until %s)", path,
+                          ", ".join(info["names"]), info["not_after"])
+        elif address not in info["names"]:
+            self.log.warning("the certificate %s does not name the management address %s "
+                             "(it names %s): clients that check names will refuse it", path,
+                             address, ", ".join(info["names"]) or "nothing")
+        self.certificate = {k: info[k] for k in ("subject", "names", "not_after")}
+        return tls.server_context(path)
+
+    # -- HTTP ---------------------------------------------------------------------------------------
+    async def handle_http(self, request):
+        page = self.pages.handlers.get(request.path)
+        if page is not None:
+            return await self.pages.serve(request, page)
+        if request.path in XMLRPC_PATHS or request.path == JSONRPC_PATH:
+            if request.method != "POST":
+                return Response(405, b"POST a call here\n", close=True,
+                                headers={"Allow": "POST"})
+            if request.path == JSONRPC_PATH:
+                return await self._jsonrpc(request)
+            return await self._xmlrpc(request)
+        return Response(404, f"no handler for {request.path[:200]}\n".encode(), close=True)
+
+    async def _xmlrpc(self, request):
+        try:
+            name, params = xmlrpc_wire.parse(request.body)
+        except xmlrpc_wire.WireError as exc:
+            self.log.info("XML-RPC from %s: %s", request.peer, exc)
+            return Response(500, f"{exc}\n".encode(), close=True)
+        ok, value = await self.dispatcher.dispatch(name, params, request.transport, m.XML)
+        try:
+            body = xmlrpc_wire.success(value) if ok else xmlrpc_wire.failure(value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            self.log.error("%s: reply not encodable: %s", name, exc)
+            body = xmlrpc_wire.failure(["INTERNAL_ERROR", f"{name}: reply not encodable"])
+        return Response(200, body, content_type=xmlrpc_wire.CONTENT_TYPE)
+
+    async def _jsonrpc(self, request):
+        try:
+            call = jsonrpc_wire.parse(request.body)
+        except xmlrpc_wire.WireError as exc:
+            self.log.info("JSON-RPC from %s: %s", request.peer, exc)
+            return Response(500, f"{exc}\n".encode(), close=True)
+        ok, value = await self.dispatcher.dispatch(call.method, call.params, request.transport,
+                                                   m.JSON)
+        try:
+            body = jsonrpc_wire.success(call, value) if ok else jsonrpc_wire.failure(call, value)
+        except (TypeError, ValueError) as exc:
+            self.log.error("%s: reply not encodable: %s", call.method, exc)
+            body = jsonrpc_wire.failure(call, ["INTERNAL_ERROR", "reply not encodable"])
+        return Response(200, body, content_type=jsonrpc_wire.CONTENT_TYPE)
+
+    # -- health -------------------------------------------------------------------------------------
     def health(self):
         health = super().health()
         health["boot_state"] = self.boot_state
         health["boot_error"] = self.boot_error
+        health["listeners"] = self.listener_endpoints()
+        health["listen_errors"] = dict(self.listen_errors)
+        health["certificate"] = self.certificate
+        health["methods"] = len(self.dispatcher.table)
         return health
+
+    def stats(self):
+        stats = super().stats()
+        stats["http"] = dict(self.http.stats)
+        stats["api_calls"] = self.dispatcher.calls
+        stats["api_failures"] = dict(self.dispatcher.failures)
+        stats["sessions_local"] = len(self.sessions.local)
+        return stats
+
+    async def teardown(self):
+        await self.http.close()
+        self.db.close()
 
 
 def main(argv=None):
