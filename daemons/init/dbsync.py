@@ -15,7 +15,7 @@ own xapi-db):
 - ``create_localhost``: the host record (uuid = inventory INSTALLATION_UUID, name_label = the
   hostname) with its host_metrics, if missing.
 - ``record_hostname``: host.hostname.
-- ``load_host_rrd``: PENDING (the RRD issue: xapi-rrd loads blobs/rrds/<uuid>.gz).
+- ``load_host_rrd``: xapi-rrd (started by the step) loads blobs/rrds/<uuid>.gz.
 - ``refresh_localhost_info``: software_version, API_version (2.21, see API_VERSION_MINOR),
   hostname, address (management-address, else the IPv4 of the inventory's MANAGEMENT_INTERFACE,
   else 127.0.0.1), other_config boot_time and agent_start_time.

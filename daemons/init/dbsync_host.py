@@ -45,7 +45,7 @@ MEMORY_FREE_SLACK = 0.01
 # it is off by more than this share.
 CPU_SPEED_SLACK = 0.10
 
-PENDING_SUBSTEPS = {"load_host_rrd": "RRD issue"}
+PENDING_SUBSTEPS = {}
 
 
 def ocaml_string_of_float(value):
@@ -81,8 +81,11 @@ def record_hostname(s):
 
 
 def load_host_rrd(s):
-    """xapi: Monitor_rrds.load_rrd for the host's uuid. Built by the RRD issue (xapi-rrd)."""
-    return f"pending: {PENDING_SUBSTEPS['load_host_rrd']}"
+    """xapi: load_rrd for the host's uuid, which xcp-rrdd loads. Here xapi-rrd (started by this
+    step, the one owner of blobs/rrds/) loads blobs/rrds/<uuid>.gz; its note says what it found
+    (loaded, no archive, or corrupt and set aside)."""
+    with s.ctx.rpc("xapi-rrd") as rrd:
+        return rrd.call("rrd.load_host_rrd", s.host_uuid)
 
 
 def software_version(s):
