@@ -53,6 +53,19 @@ _OPTIONS = [
            "Loopback address of this host (each host of a one-machine pool has its own)."),
     Option("http-port", "int", 80, "TCP port of the HTTP API."),
     Option("https-port", "int", 443, "TCP port of the HTTPS API."),
+    Option("api-max-body-bytes", "int", 16 * 1024 * 1024,
+           "Largest request body the XenAPI accepts; a bigger one gets HTTP 413."),
+    Option("api-header-timeout", "float", 10.0,
+           "Seconds a client has to send a request's headers once it has started (slow "
+           "clients are disconnected), and to send its body."),
+    Option("api-keepalive-timeout", "float", 120.0,
+           "Seconds an idle keep-alive connection to the XenAPI stays open."),
+    Option("api-max-connections", "int", 512,
+           "Connections the XenAPI serves at once (unix socket and TCP together); more are "
+           "answered 503 and closed."),
+    Option("api-session-check-interval", "float", 5.0,
+           "Seconds a session checked with xapi-db is trusted before it is checked again; "
+           "each check also updates its last_active (so at most once per interval)."),
     Option("db-port", "int", 9480, "TCP port of the pool database (master) for slaves."),
     Option("ha-port", "int", 694, "TCP port of the HA heartbeat between hosts."),
     Option("watchdog-timeout", "float", 10.0,
@@ -76,6 +89,10 @@ _OPTIONS = [
     Option("dom0-memory-target-mib", "int", 0,
            "Memory target of the control domain in MiB, written to xenstore "
            "(/local/domain/0/memory/target, in KiB) at start-up; 0: all of domain 0's memory."),
+    Option("interface-reconfigure", "path", "",
+           "Script that brings a physical NIC up at start-up (\"Bring up physical NICs\"), run "
+           "as `<script> --device=<dev> up` (dom0 path, under ROOT); a non-zero exit leaves the "
+           "PIF unplugged. Empty: none, the NIC's link (carrier) is checked instead."),
     Option("disable-dbsync-for", "list", [],
            "Names of dbsync steps to skip."),
     Option("guest_liveness_timeout", "float", 300.0,
@@ -84,8 +101,41 @@ _OPTIONS = [
            "Seconds between guest liveness checks; 0 means the timeout."),
     Option("xapi-message-script", "path", "",
            "Script run for each new message (dom0 path); empty: none."),
+    Option("mail-outbox-max", "int", 5000,
+           "Messages xapi-mailer keeps in its outbox (var/lib/xcp/mailer/) at most; past it "
+           "the oldest of the lowest priority is shed, with a log line and a counter."),
+    Option("mail-retry-initial", "float", 1.0,
+           "Seconds xapi-mailer waits before the first retry of a failed delivery; doubled "
+           "at each failure up to mail-retry-max."),
+    Option("mail-retry-max", "float", 300.0,
+           "Cap in seconds of xapi-mailer's exponential retry delay."),
+    Option("mail-smtp-timeout", "float", 30.0,
+           "Seconds an SMTP connection or command of xapi-mailer may take."),
+    Option("mail-smtp-connections", "int", 4,
+           "SMTP connections xapi-mailer delivers over at once, each a different e-mail (at "
+           "least 1); a crash may send the e-mails in flight, at most this many, twice."),
+    Option("mail-hook-timeout", "float", 60.0,
+           "Seconds xapi-message-script may run for one message before it is killed (a "
+           "failure, retried)."),
+    Option("mail-events-wait", "float", 5.0,
+           "Seconds one wait of xapi-mailer for new messages lasts (a long poll of xapi-db: a "
+           "new message ends it at once); the longest a restarted xapi-db keeps it waiting."),
     Option("log-max-size-bytes", "int", 10485760,
            "Size past which the periodic job rotates a log file."),
+    Option("log-rotate-keep", "int", 5,
+           "Rotated copies kept of each log file (<program>.log.1 the newest); at least 1."),
+    Option("periodic-job-timeout", "float", 60.0,
+           "Seconds a run of a periodic job may take when its registration gives no timeout; "
+           "a run past it is abandoned and counted as failed."),
+    Option("periodic-flush-interval", "float", 300.0,
+           "Seconds between the periodic jobs that flush files to disk: the pool database "
+           "(xapi-db) and the RRD archives changed since their last save (xapi-rrd)."),
+    Option("rrd-backup-interval", "float", 86400.0,
+           "Seconds between the periodic job (master) that writes every RRD archive to disk."),
+    Option("periodic-log-rotate-interval", "float", 300.0,
+           "Seconds between the periodic job's checks of var/log/*.log sizes."),
+    Option("periodic-heartbeat-interval", "float", 3600.0,
+           "Seconds between the periodic scheduler's heartbeat log lines."),
     Option("emergency-restart-delay", "float", 60.0,
            "Seconds before a host in emergency mode restarts xapi-init, plus a random "
            "0..120 s, as xapi."),

@@ -96,6 +96,17 @@ class Paths:
         return self._p("etc/xensource/master.d")
 
     @property
+    def api_users(self):
+        """The XenAPI password file (scrypt hashes, mode 0600) for logins over TCP."""
+        return self._p("etc/xapi-users")
+
+    @property
+    def xapi_ssl_pem(self):
+        """The management interface's TLS key and certificate, one PEM file (xapi's
+        /etc/xensource/xapi-ssl.pem), mode 0600; made self-signed on first start if missing."""
+        return self._p("etc/xensource/xapi-ssl.pem")
+
+    @property
     def log_conf(self):
         return self._p("etc/xensource/log.conf")
 
@@ -138,8 +149,45 @@ class Paths:
         return self._p("var/lib/xcp/blobs")
 
     @property
+    def periodic_db(self):
+        """xapi-periodic's registered jobs and their deadlines."""
+        return self._p("var/lib/xcp/periodic.db")
+
+    @property
     def xensim(self):
         return self._p("var/lib/xensim")
+
+    @property
+    def rrds_dir(self):
+        """The RRD archives, one gzipped rrdtool dump per host or VM (xapi-rrd owns them)."""
+        return self._p("var/lib/xcp/blobs/rrds")
+
+    def rrd_archive(self, uuid):
+        return self._p(f"var/lib/xcp/blobs/rrds/{uuid}.gz")
+
+    @property
+    def mailer_state(self):
+        """xapi-mailer's event token (the last message it has taken in) and repeat windows."""
+        return self._p("var/lib/xcp/mailer.state")
+
+    @property
+    def mailer_outbox(self):
+        """xapi-mailer's durable outbox: one file per e-mail (or hook run) not yet accepted."""
+        return self._p("var/lib/xcp/mailer")
+
+    @property
+    def local_sr(self):
+        """The directory of this host's local file SR ("Local storage"): beside the pool
+        database, so its disks last across reboots (var/run is a tmpfs on a dom0)."""
+        return self._p("var/lib/xcp/sr/local")
+
+    @property
+    def sys_class_net(self):
+        """The network interfaces' sysfs directory: ROOT/sys/class/net when there is one (a
+        fake sysfs made by a test), else the machine's /sys/class/net: a ROOT is a prefix, not
+        a chroot, and the NICs are the machine's."""
+        fake = self._p("sys/class/net")
+        return fake if fake.is_dir() else Path("/sys/class/net")
 
     # var/run
     @property
@@ -187,6 +235,12 @@ class Paths:
     def init_state_json(self):
         """Operator stops and crash counter of xapi-init."""
         return self._p("var/run/xapi/init-state.json")
+
+    @property
+    def api_spool(self):
+        """xapi-api's temporary files (database dumps on their way to a client), emptied when
+        it starts."""
+        return self._p("var/run/xapi/api-spool")
 
     def rpc_socket(self, program):
         return self._p(f"var/run/xapi/{program}.rpc")

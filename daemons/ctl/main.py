@@ -13,6 +13,9 @@ from common.errors import ConfigError, XapiError
 from common.paths import PROGRAMS, Paths, root_from_env
 from common.supervisor import Supervisor
 from daemons.ctl import db as db_ctl
+from daemons.ctl import mail as mail_ctl
+from daemons.ctl import passwd as passwd_ctl
+from daemons.ctl import periodic as periodic_ctl
 from daemons.ctl import sim as sim_ctl
 from daemons.ctl import status as status_mod
 from daemons.ctl import tree
@@ -226,6 +229,9 @@ def build_parser():
             p.add_argument("--timeout", type=float, default=UP_TIMEOUT_S, help=argparse.SUPPRESS)
     db_ctl.add_parser(sub, add)
     sim_ctl.add_parser(sub, add)
+    mail_ctl.add_parser(sub, add)
+    passwd_ctl.add_parser(sub, add)
+    periodic_ctl.add_parser(sub, add)
     p = add("logs", cmd_logs)
     p.add_argument("name", metavar="NAME")
     p.add_argument("-f", "--follow", action="store_true")

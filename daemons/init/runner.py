@@ -11,6 +11,7 @@ import time
 from common.daemon import current_task
 from common.errors import StepFailed, XapiError
 from daemons.init import actions, dbsync, platform_steps
+from daemons.init import network_steps, storage_steps, template_steps
 from daemons.init import progress as pr
 from daemons.init.steps import STEPS, Command, Local, StartProgram, steps_for
 
@@ -20,7 +21,8 @@ EXIT_STEP_FAILED = 2
 EXIT_RESTART_ME = 123
 
 # The modules whose functions a Local(name) of the step table may name.
-LOCAL_ACTION_MODULES = (actions, platform_steps, dbsync)
+LOCAL_ACTION_MODULES = (actions, platform_steps, dbsync, network_steps, storage_steps,
+                        template_steps)
 
 
 def local_action(name):
@@ -122,7 +124,7 @@ class Runner:
                     reason = "emergency mode" if role == "broken" else f"not run on a {role}"
                     self.progress.mark(index, pr.SKIPPED, note=reason)
                 continue
-            if resume and entry["status"] in pr.DONE_STATUSES:
+            if resume and entry["status"] in pr.DONE_STATUSES and not step.rerun_on_resume:
                 continue
             if step.on_thread:
                 task = asyncio.get_running_loop().create_task(self._background(index, step))

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,13 @@ BIN = Path(sys.executable).parent
 CTL_TIMEOUT_S = 90.0
 POLL_S = 0.1
 LOG_TASK_RE = re.compile(r"\] task \[(?P<name>.*)\] started$")
+
+
+def free_port():
+    """A TCP port free on 127.0.0.1 now (the kernel's pick)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 # -- waiting ----------------------------------------------------------------------------------
@@ -130,7 +138,13 @@ class Tree:
         return done
 
     def init(self, role="master"):
-        return self.ctl_ok("init", "--role", role)
+        """`xapi-ctl init`, then free loopback ports for the HTTP and HTTPS APIs in xapi.conf:
+        trees of tests running side by side must not all ask for ports 80 and 443
+        (``self.http_port``, ``self.https_port``)."""
+        done = self.ctl_ok("init", "--role", role)
+        self.http_port, self.https_port = free_port(), free_port()
+        self.configure(http_port=self.http_port, https_port=self.https_port)
+        return done
 
     def configure(self, **options):
         """Append options to etc/xapi.conf (``watchdog_timeout=3`` -> ``watchdog-timeout = 3``)."""

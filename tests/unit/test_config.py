@@ -22,15 +22,27 @@ def test_registry_has_every_option_with_a_typed_default():
     expected = {
         "management-address": ("str", ""), "localhost-address": ("str", "127.0.0.1"),
         "http-port": ("int", 80), "https-port": ("int", 443), "db-port": ("int", 9480),
+        "api-max-body-bytes": ("int", 16777216), "api-header-timeout": ("float", 10.0),
+        "api-keepalive-timeout": ("float", 120.0), "api-max-connections": ("int", 512),
+        "api-session-check-interval": ("float", 5.0),
         "ha-port": ("int", 694), "watchdog-timeout": ("float", 10.0),
         "ready-timeout": ("float", 30.0), "command-timeout": ("float", 10.0),
         "restart-backoff-max": ("float", 60.0),
         "startup-script-hook": ("path", "/opt/xensource/libexec/xapi-startup-script"),
         "master-scripts-dir": ("path", "/etc/xensource/master.d"),
         "required-processes": ("list", []), "disable-dbsync-for": ("list", []),
+        "interface-reconfigure": ("path", ""),
         "guest_liveness_timeout": ("float", 300.0), "guest_liveness_interval": ("float", 0.0),
         "xapi-message-script": ("path", ""), "log-max-size-bytes": ("int", 10485760),
+        "mail-outbox-max": ("int", 5000), "mail-retry-initial": ("float", 1.0),
+        "mail-retry-max": ("float", 300.0), "mail-smtp-timeout": ("float", 30.0),
+        "mail-smtp-connections": ("int", 4),
+        "mail-hook-timeout": ("float", 60.0), "mail-events-wait": ("float", 5.0),
         "emergency-restart-delay": ("float", 60.0), "dom0-memory-target-mib": ("int", 0),
+        "log-rotate-keep": ("int", 5), "periodic-job-timeout": ("float", 60.0),
+        "periodic-flush-interval": ("float", 300.0), "rrd-backup-interval": ("float", 86400.0),
+        "periodic-log-rotate-interval": ("float", 300.0),
+        "periodic-heartbeat-interval": ("float", 3600.0),
     }
     assert {n: (o.type, o.default) for n, o in OPTIONS.items()} == expected
     assert all(o.description for o in OPTIONS.values())

@@ -164,3 +164,21 @@ def test_commands_go_to_a_program_started_at_or_before_that_step():
                     started.add(action.program)
                 elif isinstance(action, Command):
                     assert action.program in started, (role, step.name, action.program)
+
+
+CONTEXT_ASSIGNMENT = re.compile(r"\bctx\.(?!notes\b)([a-z_]+)\s*(?:,[^=\n]*)?=(?!=)")
+
+
+def test_steps_that_build_the_context_run_again_on_resume():
+    """A resumed run skips the steps already done; a step whose action sets xapi-init's own
+    state (ctx.inventory, ctx.local_db, ...) must run again, or the steps after it find that
+    state empty (a resumed run once failed "Check control domain" with KeyError)."""
+    builders = []
+    for step in STEPS:
+        for action in step.actions:
+            if isinstance(action, Local):
+                source = inspect.getsource(local_action(action.fn))
+                if CONTEXT_ASSIGNMENT.search(source):
+                    builders.append(step)
+    assert builders, "no step assigns the context: the pattern is wrong"
+    assert [s.name for s in builders if not s.rerun_on_resume] == []
