@@ -91,12 +91,32 @@ def management_address(ctx):
     configured = (ctx.config["management-address"] or "").strip()
     if configured:
         return configured
-    device = (ctx.inventory.get(inventory_mod.MANAGEMENT_INTERFACE) or "").strip()
-    if device:
-        nic = hostfacts.nic(device)
+    interface = (ctx.inventory.get(inventory_mod.MANAGEMENT_INTERFACE) or "").strip()
+    for name in interface_candidates(interface):
+        nic = hostfacts.nic(name, ctx.paths.sys_class_net)
         if nic is not None and nic.ipv4:
             return nic.ipv4[0]
     return "127.0.0.1"
+
+
+def bridge_name(device):
+    """xapi's bridge_naming_convention: eth<N> -> xenbr<N>, any other device -> br<device>."""
+    if device.startswith("eth"):
+        return "xenbr" + device[len("eth"):]
+    return "br" + device
+
+
+def interface_candidates(name):
+    """Where the address of the interface ``name`` (the inventory's MANAGEMENT_INTERFACE) may
+    be: the interface itself (on a dom0 the bridge, xenbr0, holds it), then, for a bridge name,
+    the device under it (eth0 here, where there are no bridges)."""
+    if not name:
+        return []
+    if name.startswith("xenbr") and name[len("xenbr"):].isdigit():
+        return [name, "eth" + name[len("xenbr"):]]
+    if name.startswith("br") and len(name) > 2:
+        return [name, name[2:]]
+    return [name]
 
 
 def _console_location(address, console_ref):

@@ -426,7 +426,7 @@ def resynchronise_pif_currently_attached(s):
     changed = 0
     pifs = s.db.records("PIF", host=host)
     for ref, record in sorted(pifs.items()):
-        nic = hostfacts.nic(record["device"])
+        nic = hostfacts.nic(record["device"], s.ctx.paths.sys_class_net)
         attached = nic is not None and nic.carrier
         if s.db.update("PIF", ref, {"currently_attached": attached}, record):
             s.log.info("dbsync: PIF %s (%s) currently_attached <- %s", ref, record["device"],

@@ -22,7 +22,7 @@ from common import inventory as inventory_mod
 from common.errors import XapiError
 from common.platform import hostfacts
 from daemons.init.dbsync_client import DbClient, now_utc
-from daemons.init.dbsync_common import Sync, management_address
+from daemons.init.dbsync_common import Sync, bridge_name, management_address
 
 HOOK_OPTION = "interface-reconfigure"
 HOOK_TIMEOUT_S = 30.0   # per NIC; the script is killed past it and the PIF stays unplugged
@@ -78,13 +78,6 @@ def create_networks(ctx, runner):
 
 
 # -- Bring up physical NICs ---------------------------------------------------------------------
-
-def bridge_name(device):
-    """xapi's bridge_naming_convention: eth<N> -> xenbr<N>, any other device -> br<device>."""
-    if device.startswith("eth"):
-        return "xenbr" + device[len("eth"):]
-    return "br" + device
-
 
 def network_name(device):
     """helpers.ml choose_network_name_for_pif."""

@@ -630,3 +630,15 @@ def test_ocaml_string_of_float():
     assert dbsync_host.ocaml_string_of_float(1700000000.0) == "1700000000."
     assert dbsync_host.ocaml_string_of_float(1712345678.123456) == "1712345678.12"
     assert dbsync_host.ocaml_string_of_float(0.5) == "0.5"
+
+
+def test_a_bridge_named_management_interface_falls_back_to_its_device(env, db, facts):
+    """Where there are no bridges (here), the inventory's xenbr0 finds eth0's address."""
+    ctx = make_ctx(env)
+    ctx.inventory[inventory.MANAGEMENT_INTERFACE] = "xenbr0"
+    facts.nics["eth0"] = fake_nic("eth0", ipv4=("198.51.100.8",))
+    assert dbsync_common.management_address(ctx) == "198.51.100.8"
+    assert dbsync_common.interface_candidates("xenbr0") == ["xenbr0", "eth0"]
+    assert dbsync_common.interface_candidates("brbond0") == ["brbond0", "bond0"]
+    assert dbsync_common.interface_candidates("eth1") == ["eth1"]
+    assert dbsync_common.interface_candidates("") == []
