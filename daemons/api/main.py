@@ -1,6 +1,8 @@
 """xapi-api: the XenAPI front. XML-RPC and JSON-RPC over HTTP on the unix socket, on TCP and
 on TLS (the management interface), sessions, the methods generated from the schema, events,
-the host's boot state, and the HTTP pages /pool/xmldbdump, /status and /status.json."""
+the host's boot state, the HTTP pages /pool/xmldbdump, /status and /status.json, the RRD
+handlers (/rrd_updates, /host_rrd, /vm_rrd: xapi-rrd's answers), SR.scan and the RPCs of two
+periodic jobs (api.scan_srs, api.revalidate_sessions)."""
 
 import asyncio
 import gc
@@ -19,6 +21,8 @@ from daemons.api.events import Events
 from daemons.api.http import HttpServer, Limits, Response
 from daemons.api.methods import build_table
 from daemons.api.pages import Pages
+from daemons.api import revalidate
+from daemons.api.storage import Storage
 from daemons.api.sessions import Sessions
 from daemons.api import tls
 
@@ -64,6 +68,8 @@ class ApiDaemon(Daemon):
 
     async def setup(self):
         self.db = DbClient(self.paths.rpc_endpoint("xapi-db"))
+        self.rrd = AsyncRpcClient(self.paths.rpc_endpoint("xapi-rrd"))
+        self.storage = Storage(self)
         self.sessions = Sessions(self)
         self.events = Events(self)
         self.dispatcher = Dispatcher(self)
@@ -74,6 +80,8 @@ class ApiDaemon(Daemon):
         self.register("api.register_methods", self.register_methods, command=True)
         self.register("api.listen", self.listen, command=True)
         self.register("api.check_listener", self.check_listener)
+        self.register("api.scan_srs", self.storage.scan_srs)
+        self.register("api.revalidate_sessions", lambda: revalidate.revalidate_sessions(self))
 
     # -- commands ---------------------------------------------------------------------------------
     def set_boot_state(self, state, error=None):
@@ -93,7 +101,7 @@ class ApiDaemon(Daemon):
     def register_methods(self):
         """Command (the step "Register RPC callbacks"): the method table, generated from the
         schema, is served from now on."""
-        self.dispatcher.table = build_table(self.events.methods())
+        self.dispatcher.table = build_table([*self.events.methods(), *self.storage.methods()])
         gc.collect()
         gc.freeze()     # the table's thousands of objects live for good: out of the GC's scans
         return {"methods": len(self.dispatcher.table)}
@@ -253,11 +261,14 @@ class ApiDaemon(Daemon):
         stats["api_calls"] = self.dispatcher.calls
         stats["api_failures"] = dict(self.dispatcher.failures)
         stats["sessions_local"] = len(self.sessions.local)
+        stats["sr_scans"] = self.storage.scans
+        stats["sr_scan_failures"] = self.storage.scan_failures
         return stats
 
     async def teardown(self):
         await self.http.close()
         self.db.close()
+        self.rrd.close()
 
 
 def main(argv=None):

@@ -242,7 +242,8 @@ def _message_methods():
 # -- the table -------------------------------------------------------------------------------
 
 def build_table(event_methods=()):
-    """Every method by name. ``event_methods`` come from events.py (they keep state)."""
+    """Every method by name. ``event_methods`` come from the modules whose methods keep state
+    (events.py, storage.py)."""
     table = {}
     for cls in schema.CLASSES.values():
         for method in _class_methods(cls):

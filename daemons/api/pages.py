@@ -1,5 +1,6 @@
 """xapi-api's HTTP handlers beside the RPC wires: ``GET /pool/xmldbdump`` (the pool database as
-state.db XML, streamed), ``GET /status`` (an HTML page, no script) and ``GET /status.json``.
+state.db XML, streamed), ``GET /status`` (an HTML page, no script) and ``GET /status.json``;
+the RRD handlers (/rrd_updates, /host_rrd, /vm_rrd) are rrd_pages.py's, served from here.
 
 Who may read them:
 - the unix socket is pre-authenticated as root (as for the XenAPI): everything;
@@ -66,13 +67,15 @@ def query(request):
 class Pages:
     def __init__(self, api):
         self.api = api
+        from daemons.api.rrd_pages import RrdPages    # it uses this module's query()
+        self.rrd = RrdPages(api, self)   # /rrd_updates, /host_rrd, /vm_rrd
         self._status = None              # (monotonic time, status) of the last gathering
         self._status_lock = asyncio.Lock()
 
     @property
     def handlers(self):
         return {"/pool/xmldbdump": self.xmldbdump, "/status": self.status_html,
-                "/status.json": self.status_json}
+                "/status.json": self.status_json, **self.rrd.handlers}
 
     async def serve(self, request, handler):
         if request.method != "GET":

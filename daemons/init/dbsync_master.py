@@ -4,6 +4,7 @@ helpers."""
 import os
 import stat
 
+from common.storage.sr_scan import TOOLS_SR_TAG
 from daemons.init.dbsync_client import NULL_REF, new_ref, now_utc
 from daemons.init.dbsync_common import _console_location, _count, _entries, _force_halted
 
@@ -14,7 +15,6 @@ SM_DIR = "/opt/xensource/sm"                   # the SMAPIv1 plugins dir (sm_exe
 # xapi_globs.ml
 TOOLS_SR_NAME = "XenServer Tools"              # miami_tools_sr_name
 TOOLS_SR_DESCRIPTION = "XenServer Tools ISOs"
-TOOLS_SR_TAG = "xenserver_tools_sr"
 XENSOURCE_INTERNAL = "xensource_internal"
 I18N_KEY = "i18n-key"
 I18N_ORIGINAL = "i18n-original-value-"

@@ -1,6 +1,6 @@
 """The local actions of the start-up steps "Initialise storage", "Establish version of tools
 VDI" and "Plug unplugged PBDs": this host's local file SR, PBDs for the shared SRs, plugging this
-host's PBDs, the SR scan (sr_scan.py) and the tools ISO's version.
+host's PBDs, the SR scan (common/storage/sr_scan.py) and the tools ISO's version.
 
 Like platform_steps.py each action takes the HostContext and the runner, returns a short note and
 raises XapiError to fail its step; run again on the same host it writes nothing.
@@ -20,10 +20,11 @@ type cannot be attached here and stays unplugged, logged with its name.
 import os
 
 from common.errors import XapiError
-from daemons.init import sr_scan
+from common.storage import sr_scan
 from daemons.init.dbsync_client import DbClient
 from daemons.init.dbsync_common import Sync, _count, _entries
-from daemons.init.dbsync_master import TOOLS_SR_DIR, TOOLS_SR_TAG
+from common.storage.sr_scan import TOOLS_SR_TAG
+from daemons.init.dbsync_master import TOOLS_SR_DIR
 
 LOCAL_SR_NAME = "Local storage"
 LOCAL_SR_OTHER_CONFIG = {"i18n-key": "local-storage",

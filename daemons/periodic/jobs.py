@@ -38,13 +38,24 @@ STARTUP_JOBS = (
                "periodic.rotate_logs", "periodic-log-rotate-interval"),
     StartupJob("heartbeat", "periodic scheduler heartbeat", BOTH, "xapi-periodic",
                "periodic.heartbeat", "periodic-heartbeat-interval", delay_s=240.0),
+    # xapi's job deletes OS bridges (xenbr*, created by interface-reconfigure) that no PIF,
+    # VIF or network uses; it never deletes network records. The simulated hypervisor makes no
+    # OS bridges, and the real host's are not ours to delete: nothing to collect until PIF
+    # plug creates bridges.
     StartupJob("bridge-gc", "garbage-collect network bridges", BOTH,
-               pending="platform work: no bridge GC method on any daemon yet"),
+               pending="platform work: no OS bridges are made here (PIF plug makes none), so "
+                       "there are none to collect"),
     # xapi's master asks every host to back up its RRDs; the other hosts' part is pool work
     StartupJob("rrd-backup", "back up RRDs (daily)", MASTER, "xapi-rrd", "rrd.backup",
                "rrd-backup-interval", delay_s=3600.0),
+    # xapi: every session_revalidation_interval, first after 5 min (daemons/api/revalidate.py)
     StartupJob("session-revalidation", "revalidate externally-authenticated sessions", MASTER,
-               pending="no session revalidation method on xapi-db or xapi-api yet"),
+               "xapi-api", "api.revalidate_sessions", "session-revalidation-interval",
+               delay_s=300.0),
+    # xapi's SR scanning thread: sleeps its period (30 s) then scans; the step "Start SR
+    # scanning thread" runs its first pass
+    StartupJob("sr-scan", "scan the SRs marked auto-scan or dirty", MASTER, "xapi-api",
+               "api.scan_srs", "sr-scan-interval"),
     StartupJob("blob-sync", "synchronise RRDs/messages/blobs to the slaves (daily)", MASTER,
                pending="pool work"),
 )

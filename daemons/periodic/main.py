@@ -15,7 +15,8 @@ from daemons.periodic.store import Store, encode
 
 SAVE_EVERY_S = 1.0      # run results are saved at most this often (registrations at once)
 POSITIVE_OPTIONS = ("periodic-job-timeout", "periodic-flush-interval", "rrd-backup-interval",
-                    "periodic-log-rotate-interval", "periodic-heartbeat-interval")
+                    "periodic-log-rotate-interval", "periodic-heartbeat-interval",
+                    "sr-scan-interval", "session-revalidation-interval")
 
 
 class PeriodicDaemon(Daemon):

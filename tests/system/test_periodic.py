@@ -38,11 +38,12 @@ def test_start_up_registers_the_jobs_and_ctl_lists_them(tree):
     assert steps["Start periodic scheduler"]["status"] == "ok", steps["Start periodic scheduler"]
     register = steps["Register periodic functions"]
     assert register["status"] == "pending", register
-    assert ("registered=db-flush, rrd-flush, log-rotate, heartbeat, rrd-backup"
-            in register["note"]), register
-    assert "session-revalidation" in register["note"], register
+    assert ("registered=db-flush, rrd-flush, log-rotate, heartbeat, rrd-backup, "
+            "session-revalidation, sr-scan" in register["note"]), register
+    assert "pending=bridge-gc, blob-sync" in register["note"], register
     listed = jobs(tree)
-    assert set(listed) == {"db-flush", "rrd-flush", "log-rotate", "heartbeat", "rrd-backup"}
+    assert set(listed) == {"db-flush", "rrd-flush", "log-rotate", "heartbeat", "rrd-backup",
+                           "session-revalidation", "sr-scan"}
     flush = listed["db-flush"]
     assert (flush["kind"], flush["period"], flush["target"], flush["method"], flush["origin"]) \
         == ("periodic", 300.0, "xapi-db", "db.flush_now", "startup")

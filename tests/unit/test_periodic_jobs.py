@@ -12,6 +12,7 @@ import pytest
 from common.config import OPTIONS
 from common.errors import ConfigError, XapiError
 from common.rpc import RpcServer
+from daemons.api.main import ApiDaemon
 from daemons.db import front
 from daemons.init.steps import STEPS, Command
 from daemons.periodic.jobs import MASTER, STARTUP_JOBS, jobs_for
@@ -62,10 +63,10 @@ def test_every_built_job_targets_a_method_that_exists(root):
     db = Collect()
     front.register(db, mock.MagicMock())
     existing = {"xapi-db": db.names, "xapi-periodic": methods_of(PeriodicDaemon, root),
-                "xapi-rrd": methods_of(RrdDaemon, root)}
+                "xapi-rrd": methods_of(RrdDaemon, root), "xapi-api": methods_of(ApiDaemon, root)}
     built = [job for job in STARTUP_JOBS if job.pending is None]
     assert {job.name for job in built} == {"db-flush", "rrd-flush", "log-rotate", "heartbeat",
-                                           "rrd-backup"}
+                                           "rrd-backup", "session-revalidation", "sr-scan"}
     for job in built:
         assert job.method in existing[job.target], (job.name, job.target, job.method)
         assert OPTIONS[job.period_option].type == "float", job.name
@@ -88,11 +89,13 @@ def test_jobs_for_follows_the_role():
     built_m, pending_m = jobs_for("master")
     built_s, pending_s = jobs_for("slave")
     master_only = {j.name for j in STARTUP_JOBS if j.role == MASTER}
-    assert master_only == {"rrd-backup", "session-revalidation", "blob-sync"}
+    assert master_only == {"rrd-backup", "session-revalidation", "sr-scan", "blob-sync"}
     assert {j.name for j in built_m + pending_m} - {j.name for j in built_s + pending_s} \
         == master_only
     assert [j.name for j in built_s] == ["db-flush", "rrd-flush", "log-rotate", "heartbeat"]
-    assert [j.name for j in built_m] == [j.name for j in built_s] + ["rrd-backup"]
+    assert [j.name for j in built_m] == [j.name for j in built_s] + [
+        "rrd-backup", "session-revalidation", "sr-scan"]
+    assert [j.name for j in pending_m] == ["bridge-gc", "blob-sync"]
 
 
 def test_register_startup_jobs_is_idempotent_and_survives_a_restart(root):
@@ -112,13 +115,19 @@ def test_register_startup_jobs_is_idempotent_and_survives_a_restart(root):
 
     result, listing, again, after = asyncio.run(first())
     assert result == again
-    assert result["registered"] == "db-flush, rrd-flush, log-rotate, heartbeat, rrd-backup"
-    assert "session-revalidation" in result["pending"] and "blob-sync" in result["pending"]
+    assert result["registered"] == ("db-flush, rrd-flush, log-rotate, heartbeat, rrd-backup, "
+                                    "session-revalidation, sr-scan")
+    assert result["pending"] == "bridge-gc, blob-sync"
     by_name = {j["name"]: j for j in listing}
     assert by_name["heartbeat"]["period"] == 1800.0 and by_name["heartbeat"]["delay"] == 240.0
     assert by_name["db-flush"]["period"] == 300.0 and by_name["db-flush"]["target"] == "xapi-db"
     assert by_name["rrd-flush"]["period"] == 300.0 and by_name["rrd-flush"]["target"] == "xapi-rrd"
     assert by_name["rrd-backup"]["period"] == 86400.0 and by_name["rrd-backup"]["delay"] == 3600
+    assert (by_name["sr-scan"]["period"], by_name["sr-scan"]["delay"]) == (30.0, 30.0)
+    assert (by_name["sr-scan"]["target"], by_name["sr-scan"]["method"]) == ("xapi-api",
+                                                                           "api.scan_srs")
+    assert (by_name["session-revalidation"]["period"],
+            by_name["session-revalidation"]["delay"]) == (300.0, 300.0)
     assert all(j["origin"] == "startup" for j in listing)
     assert [j for j in after if j["name"] != "probe"] == listing    # deadlines kept
 
@@ -135,7 +144,8 @@ def test_register_startup_jobs_is_idempotent_and_survives_a_restart(root):
 
     loaded, replayed = asyncio.run(second())
     assert [j["name"] for j in loaded] == ["db-flush", "heartbeat", "log-rotate", "probe",
-                                           "rrd-backup", "rrd-flush"]
+                                           "rrd-backup", "rrd-flush", "session-revalidation",
+                                           "sr-scan"]
     assert {j["name"]: j["next_run"] for j in loaded} == {j["name"]: j["next_run"] for j in after}
     by_name = {j["name"]: j for j in replayed}
     assert by_name["heartbeat"]["period"] == 3600.0

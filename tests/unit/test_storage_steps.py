@@ -1,6 +1,6 @@
 """The steps "Initialise storage", "Establish version of tools VDI", "Plug unplugged PBDs" and
-"Check / create templates" (daemons/init/storage_steps.py, sr_scan.py, template_steps.py) against
-a real xapi-db Engine on a temp ROOT: records on a fresh database and again (a second run writes
+"Check / create templates" (daemons/init/storage_steps.py, common/storage/sr_scan.py,
+template_steps.py) against a real xapi-db Engine on a temp ROOT: records on a fresh database and again (a second run writes
 nothing), PBDs for shared SRs, the SR scan (VDIs from files, gone files marked missing), an SR
 that cannot be plugged or read, the tools ISO's version, and the built-in templates."""
 
@@ -12,7 +12,8 @@ import pytest
 from common import localdb
 from common.errors import XapiError
 from common.platform import templates
-from daemons.init import dbsync_master, sr_scan, storage_steps as st, template_steps
+from common.storage import sr_scan
+from daemons.init import dbsync_master, storage_steps as st, template_steps
 from daemons.init.platform_steps import enable_host
 
 from platform_harness import assert_quiet, client, make_ctx, sync_of

@@ -21,15 +21,28 @@ empty for a while (a disk not mounted yet) must not erase the records VBDs and o
 forgetting a VDI is the operator's call (VDI.forget). SR physical_size is the file system's size,
 physical_utilisation and virtual_allocation the sums over its present VDIs (SM reports the file
 system's use, which moves with every other file and would rewrite the SR at each scan).
+
+The scan is written once, as a generator of xapi-db requests (``scan_steps``): it reads the SR's
+VDI rows, lists the directory, and ends with one ``db.batch`` that creates and updates the rows
+atomically (a scan interrupted half-way writes nothing). Two drivers run it: ``scan_sr`` with a
+blocking client (xapi-init's steps) and ``scan_sr_async`` on an asyncio loop (xapi-api's SR.scan
+and the scanning job), which runs the file-system work in an executor thread. xapi's background
+scanner (xapi_sr.ml scan_all) only scans plugged SRs whose other_config has auto-scan=true or a
+"dirty" key: ``wants_auto_scan``.
 """
 
+import asyncio
 import os
 import re
 import stat
+import uuid as uuid_mod
 
 from common.errors import XapiError
 from common.platform import hostfacts
-from daemons.init.dbsync_master import TOOLS_SR_TAG
+
+TOOLS_SR_TAG = "xenserver_tools_sr"  # SR other_config key of the tools SR (xapi_globs.ml)
+AUTO_SCAN = "auto-scan"              # SR other_config: "true" -> scanned in the background
+DIRTY = "dirty"                      # SR other_config key: scanned by the next background pass
 
 ISO_IMAGE = re.compile(r"\.(iso|img)$", re.I)
 UUID_FILE = re.compile(r"^([0-9a-f]{8}-(?:[0-9a-f]{4}-){3}[0-9a-f]{12})(?:\.[^.]+)?$", re.I)
@@ -132,24 +145,54 @@ def _facts(name, st, iso, legacy):
     return values, sm_config, tools is not None
 
 
-def scan_sr(ctx, db, sr, record, pbd_record):
-    """Bring the VDI records of SR ``sr`` in line with its directory. Returns a short note; raises
-    XapiError (SR_LOCATION_INVALID, SR_SCAN_FAILED) before writing anything when the directory
-    cannot be read."""
+def wants_auto_scan(record):
+    """xapi scan_all's filter: other_config auto-scan=true, or a "dirty" key."""
+    other = record.get("other_config") or {}
+    return other.get(AUTO_SCAN) == "true" or DIRTY in other
+
+
+def _norm(value):
+    if isinstance(value, (list, tuple)):
+        return [_norm(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _norm(v) for k, v in value.items()}
+    return value
+
+
+def _changed(current, values):
+    """The entries of ``values`` that differ from ``current`` (a record off the bus)."""
+    return {k: v for k, v in values.items() if _norm(current.get(k)) != _norm(v)}
+
+
+def _eq(field, value):
+    return ["eq", ["field", field], ["literal", value]]
+
+
+def _new_ref():
+    return f"OpaqueRef:{uuid_mod.uuid4()}"
+
+
+def scan_steps(paths, log, sr, record, pbd_record):
+    """The scan of SR ``sr`` as a generator: it yields xapi-db requests ``(method, *args)``, is
+    sent their results, and returns a short note. XapiError (SR_LOCATION_INVALID,
+    SR_SCAN_FAILED) is raised before anything is written when the directory cannot be read."""
     sr_type = record["type"]
     if sr_type not in ("file", "iso"):
         return f"type {sr_type}: no local directory to scan"
     iso = sr_type == "iso"
     device_config = pbd_record["device_config"] or {}
     legacy = iso and "legacy_mode" in device_config
-    directory = sr_directory(ctx.paths, device_config)
+    directory = sr_directory(paths, device_config)
     files = list_files(directory, iso)
+    total_bytes, _ = hostfacts.disk_usage(directory)
     is_tools_sr = (record["other_config"] or {}).get(TOOLS_SR_TAG) == "true"
     latest = latest_tools_iso(files) if is_tools_sr else None
-    vdis = db.records("VDI", SR=sr)
+    vdis = yield ("db.read_records_where", "VDI", _eq("SR", sr))
     by_location = {}
     for ref, vdi in sorted(vdis.items()):
         by_location.setdefault(vdi["location"], (ref, vdi))
+    calls = []
+    taken = set()                    # uuids given to new rows by this scan
     created = updated = missing = 0
     for name, st in sorted(files.items()):
         values, sm_config, is_tools = _facts(name, st, iso, legacy)
@@ -166,18 +209,22 @@ def scan_sr(ctx, db, sr, record, pbd_record):
         if found is None:
             match = UUID_FILE.match(name)
             uuid = match.group(1).lower() if match else None
-            if uuid and db.get_by_uuid_or_none("VDI", uuid) is not None:
-                ctx.log.warning("SR %s: %s names uuid %s, which another VDI has: a new uuid is "
-                                "used", record["name_label"], name, uuid)
+            if uuid and (uuid in taken or (yield ("db.find_refs_with_filter", "VDI",
+                                                  _eq("uuid", uuid)))):
+                log.warning("SR %s: %s names uuid %s, which another VDI has: a new uuid is "
+                            "used", record["name_label"], name, uuid)
                 uuid = None
             row = {"name_label": name, "name_description": "", "SR": sr, "type": "user",
                    "location": name, "managed": True, "sharable": False, **values}
             if uuid:
                 row["uuid"] = uuid
-            db.create("VDI", row)
+                taken.add(uuid)
+            calls.append(["create_row", "VDI", row, _new_ref()])
             created += 1
-        elif db.update("VDI", found[0], values, found[1]):
-            updated += 1
+        else:
+            changed = _changed(found[1], values)
+            calls += [["write_field", "VDI", found[0], k, v] for k, v in changed.items()]
+            updated += bool(changed)
     for location, (ref, vdi) in sorted(by_location.items()):
         if location in files:
             continue
@@ -187,15 +234,52 @@ def scan_sr(ctx, db, sr, record, pbd_record):
         if is_tools_sr and tools_iso_version(location) is not None and \
                 not vdi["name_label"].startswith(OLD_VERSION):
             values["name_label"] = OLD_VERSION + vdi["name_label"]
-        if db.update("VDI", ref, values, vdi):
-            ctx.log.info("SR %s: VDI %s (%s) marked missing: its file is gone",
-                         record["name_label"], vdi["uuid"], location)
+        changed = _changed(vdi, values)
+        if changed:
+            log.info("SR %s: VDI %s (%s) marked missing: its file is gone",
+                     record["name_label"], vdi["uuid"], location)
+            calls += [["write_field", "VDI", ref, k, v] for k, v in changed.items()]
             missing += 1
     present = [_facts(name, st, iso, legacy)[0] for name, st in files.items()]
-    total_bytes, _ = hostfacts.disk_usage(directory)
-    db.update("SR", sr, {
+    sr_values = _changed(record, {
         "physical_size": total_bytes,
         "physical_utilisation": sum(v["physical_utilisation"] for v in present),
-        "virtual_allocation": sum(v["virtual_size"] for v in present)}, record)
+        "virtual_allocation": sum(v["virtual_size"] for v in present)})
+    calls += [["write_field", "SR", sr, k, v] for k, v in sr_values.items()]
+    if calls:
+        yield ("db.batch", calls)
     return (f"{len(files)} file(s): {created} VDI(s) created, {updated} updated, "
             f"{missing} marked missing")
+
+
+def scan_sr(ctx, db, sr, record, pbd_record):
+    """The scan with a blocking client: ``ctx`` gives paths and log, ``db.call(method, *args)``
+    reaches xapi-db. Returns the note."""
+    steps = scan_steps(ctx.paths, ctx.log, sr, record, pbd_record)
+    try:
+        request = next(steps)
+        while True:
+            request = steps.send(db.call(*request))
+    except StopIteration as stop:
+        return stop.value
+
+
+def _advance(steps, value, first):
+    """One step of the generator -> ("call", request) or ("done", note) (StopIteration cannot
+    cross an executor's future)."""
+    try:
+        return "call", (next(steps) if first else steps.send(value))
+    except StopIteration as stop:
+        return "done", stop.value
+
+
+async def scan_sr_async(ctx, db, sr, record, pbd_record):
+    """The scan from an asyncio loop: the generator (the directory listing, the file system's
+    size) runs in the default executor, ``await db.call(method, *args)`` on the loop."""
+    loop = asyncio.get_running_loop()
+    steps = scan_steps(ctx.paths, ctx.log, sr, record, pbd_record)
+    kind, value = await loop.run_in_executor(None, _advance, steps, None, True)
+    while kind == "call":
+        result = await db.call(*value)
+        kind, value = await loop.run_in_executor(None, _advance, steps, result, False)
+    return value
