@@ -136,6 +136,11 @@ _OPTIONS = [
            "Seconds between the periodic job's checks of var/log/*.log sizes."),
     Option("periodic-heartbeat-interval", "float", 3600.0,
            "Seconds between the periodic scheduler's heartbeat log lines."),
+    Option("sr-scan-interval", "float", 30.0,
+           "Seconds between the background SR scans (master; xapi's SR scanning thread): the "
+           "attached SRs whose other_config has auto-scan=true or a dirty key."),
+    Option("session-revalidation-interval", "float", 300.0,
+           "Seconds between the revalidations of externally-authenticated sessions (master)."),
     Option("emergency-restart-delay", "float", 60.0,
            "Seconds before a host in emergency mode restarts xapi-init, plus a random "
            "0..120 s, as xapi."),

@@ -146,16 +146,17 @@ STEPS = (
     Step("Start monitoring thread", actions=(Command("xapi-rrd", "rrd.start_monitor"),)),
     Step("Start database calls monitoring thread",
          actions=(Command("xapi-rrd", "rrd.start_dbcalls_monitor"),)),
-    Step("Start guest liveness monitoring thread", actions=(StartProgram("xapi-liveness"),),
-         pending=f"{LIVENESS_MAIL_ISSUE}: guest liveness"),
+    Step("Start guest liveness monitoring thread",
+         actions=(StartProgram("xapi-liveness"),
+                  Command("xapi-liveness", "liveness.start_guest_liveness"))),
     Step('(Placeholder for touching a "ready" file)', actions=(Local("touch_ready_file"),)),
     Step("Check that there are no other masters in the pool", role=MASTER,
          pending=f"{POOL_WORK}: ask every other host pool.is_slave"),
     # the jobs themselves are xapi-periodic's table (daemons/periodic/jobs.py)
     Step("Register periodic functions",
          actions=(Command("xapi-periodic", "periodic.register_startup_jobs"),),
-         pending=f"{PLATFORM_ISSUE}: bridge-gc; {API_ISSUE}: session-revalidation (no method "
-                 f"on xapi-db or xapi-api); {POOL_WORK}: blob-sync, the other hosts' RRD backup"),
+         pending=f"{PLATFORM_ISSUE}: bridge-gc (no OS bridges are made here); {POOL_WORK}: "
+                 f"blob-sync, the other hosts' RRD backup"),
     Step("Execute startup scripts", no_exn=True, actions=(Local("run_startup_script"),)),
     Step('Execute scripts in the "master-scripts" directory with param "start"', role=MASTER,
          actions=(Local("run_master_scripts"),)),
@@ -165,8 +166,11 @@ STEPS = (
     Step("Bring up physical NICs", no_exn=True, actions=(Local("bring_up_physical_nics"),)),
     Step("Initialise storage", no_exn=True, actions=(Local("initialise_storage"),)),
     Step("Start events thread", actions=(Command("xapi-liveness", "liveness.start_events"),)),
+    # xapi's scanning thread is the job "sr-scan" of xapi-periodic's table (registered by
+    # "Register periodic functions"); this step runs its first pass now (it fails if the job
+    # is not registered, or if an SR marked auto-scan or dirty cannot be scanned)
     Step("Start SR scanning thread", role=MASTER, on_thread=True,
-         pending=f"{SCHED_RRD_ISSUE}: SR scanning job"),
+         actions=(Command("xapi-periodic", "periodic.run_now", ("sr-scan",), replay=False),)),
     Step("Check / create templates", role=MASTER, actions=(Local("create_templates"),)),
     Step('(Placeholder for touching an "initialisation complete" file)',
          actions=(Local("touch_init_complete_file"),)),

@@ -10,7 +10,8 @@ dbsync's control domain record and is left alone):
 - a domain without a VM record gets one (uuid and name_label from the domain, memory and vCPUs
   from it, not a template), as soon as it appears;
 - a domain that stops or is destroyed: its VM becomes Halted, domid -1, not resident, its VBDs
-  and VIFs detached (xapi's force_state_reset); the record stays.
+  and VIFs detached, its VM_guest_metrics deleted (xapi's force_state_reset: guest liveness
+  makes new ones when the agent of the next boot reports); the record stays.
 
 On (re)start, and after any failure, a full resync first: every domain against its VM and every
 VM resident here against the domains (one whose domain went while nobody watched is Halted).
@@ -278,11 +279,15 @@ class DomainEvents:
         return bool(writes)
 
     async def _halt_writes(self, vm, record):
-        """Halted, domid -1, resident nowhere, its VBDs and VIFs detached (xapi's
-        force_state_reset with set_db_shutdown)."""
+        """Halted, domid -1, resident nowhere, its VBDs and VIFs detached, no guest metrics
+        (xapi's force_state_reset with set_db_shutdown)."""
         writes = _writes("VM", vm, record, {"power_state": HALTED, "domid": -1,
                                             "resident_on": NULL_REF,
-                                            "scheduled_to_be_resident_on": NULL_REF})
+                                            "scheduled_to_be_resident_on": NULL_REF,
+                                            "guest_metrics": NULL_REF})
+        guest_metrics = record.get("guest_metrics") or NULL_REF
+        if guest_metrics != NULL_REF and await self.db.record("VM_guest_metrics", guest_metrics):
+            writes.append(["delete_row", "VM_guest_metrics", guest_metrics])
         for cls, field in (("VBD", "VBDs"), ("VIF", "VIFs")):
             for ref in record.get(field) or []:
                 device = await self.db.record(cls, ref)

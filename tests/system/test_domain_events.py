@@ -88,7 +88,9 @@ def test_the_step_runs_and_the_idle_thread_costs_nothing(tree):
     health = wait_until(lambda: (h := tree.health("xapi-liveness"))["events"]["state"] ==
                         "following" and h, 10, "the events thread following")
     assert health["events"]["resyncs"] == 1 and health["events"]["last_error"] is None, health
-    assert [c["m"] for c in health["applied"]] == ["sys.set_role", "liveness.start_events"]
+    assert [c["m"] for c in health["applied"]] == ["sys.set_role",
+                                                   "liveness.start_guest_liveness",
+                                                   "liveness.start_events"]
     stats = tree.call("xapi-liveness", "sys.stats")
     assert stats["hypervisor_watch"]["mode"] == "inotify", stats
 

@@ -43,6 +43,7 @@ def test_registry_has_every_option_with_a_typed_default():
         "periodic-flush-interval": ("float", 300.0), "rrd-backup-interval": ("float", 86400.0),
         "periodic-log-rotate-interval": ("float", 300.0),
         "periodic-heartbeat-interval": ("float", 3600.0),
+        "sr-scan-interval": ("float", 30.0), "session-revalidation-interval": ("float", 300.0),
     }
     assert {n: (o.type, o.default) for n, o in OPTIONS.items()} == expected
     assert all(o.description for o in OPTIONS.values())
