@@ -24,11 +24,11 @@ with a capped backoff, then a full resync.
 
 import asyncio
 import logging
-import time
 from datetime import datetime, timezone
 
 from common.errors import XapiError
 from common.platform.xensim import PAUSED, RUNNING
+from daemons.liveness.retrying import Retrying
 from daemons.liveness.dbclient import NULL_REF, DbUnreachable, new_ref
 
 LIVE = (RUNNING, PAUSED)
@@ -85,9 +85,14 @@ def _writes(cls, ref, current, wanted):
             if not _same(current.get(name), value)]
 
 
-class DomainEvents:
+class DomainEvents(Retrying):
     """The mirror of ``sim`` (a XenSim) into ``db`` (a dbclient.LivenessDb) for the host whose
     uuid is ``host_uuid``, woken by ``changes`` (a simwatch.SimChanges)."""
+
+    LABEL = "events"
+    OUTAGE_PLAN = ", then resynchronising"
+    ERROR_PLAN = "retrying with a full resync"
+    RECOVERED = "resynchronised"
 
     def __init__(self, sim, changes, db, host_uuid, log=None):
         self.sim = sim
@@ -146,33 +151,8 @@ class DomainEvents:
         domains = await asyncio.get_running_loop().run_in_executor(None, self.sim.domains)
         return {d["uuid"]: d for d in domains if d["domid"] != 0}
 
-    def _outage(self, exc):
-        self.state = "waiting for xapi-db"
-        if self._outage_since is None:
-            self._outage_since = time.monotonic()
-            self.counts["outages"] += 1
-            self.log.warning("events: xapi-db does not answer (%s): retrying until it does, "
-                             "then resynchronising", exc)
-
-    def _failed(self, exc):
-        self.state = "retrying after an error"
-        self.counts["errors"] += 1
-        message = str(exc) if isinstance(exc, XapiError) else f"{type(exc).__name__}: {exc}"
-        if message != self.last_error:
-            if isinstance(exc, XapiError):
-                self.log.error("events: %s; retrying with a full resync", message)
-            else:
-                self.log.exception("events: unexpected error; retrying with a full resync")
-        self.last_error = message
-
     def _recovered(self):
-        if self._outage_since is not None:
-            self.log.info("events: xapi-db answers again after %.1f s: resynchronised",
-                          time.monotonic() - self._outage_since)
-            self._outage_since = None
-        if self.last_error is not None:
-            self.log.info("events: resynchronised after the error (%s)", self.last_error)
-            self.last_error = None
+        super()._recovered()
         self.state = "following"
 
     # -- resync and follow -----------------------------------------------------------------

@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from common.errors import XapiError
 from common.platform.xensim import RUNNING
 from daemons.liveness import agent
+from daemons.liveness.retrying import Retrying
 from daemons.liveness.dbclient import DbUnreachable, new_ref
 
 SILENT, RESUMED = "GUEST_AGENT_SILENT", "GUEST_AGENT_RESUMED"
@@ -55,10 +56,15 @@ def _same(a, b):
     return a == b
 
 
-class GuestLiveness:
+class GuestLiveness(Retrying):
     """The liveness of the guest agents of ``sim`` (a XenSim) into ``db`` (a dbclient.LivenessDb),
     woken by ``changes`` (a simwatch.SimChanges) and every ``interval_s``; ``clock()`` gives epoch
     seconds (the sim's clock)."""
+
+    LABEL = "guest liveness"
+    OUTAGE_PLAN = ""
+    ERROR_PLAN = "retrying"
+    RECOVERED = "checking again"
 
     def __init__(self, sim, changes, db, timeout_s, interval_s, clock=time.time, log=None):
         if not timeout_s > 0 or not interval_s > 0:
@@ -116,34 +122,6 @@ class GuestLiveness:
                 continue
             await asyncio.sleep(retry_s)
             retry_s = min(retry_s * 2, RETRY_MAX_S)
-
-    def _outage(self, exc):
-        self.state = "waiting for xapi-db"
-        if self._outage_since is None:
-            self._outage_since = time.monotonic()
-            self.counts["outages"] += 1
-            self.log.warning("guest liveness: xapi-db does not answer (%s): retrying until it "
-                             "does", exc)
-
-    def _failed(self, exc):
-        self.state = "retrying after an error"
-        self.counts["errors"] += 1
-        message = str(exc) if isinstance(exc, XapiError) else f"{type(exc).__name__}: {exc}"
-        if message != self.last_error:
-            if isinstance(exc, XapiError):
-                self.log.error("guest liveness: %s; retrying", message)
-            else:
-                self.log.exception("guest liveness: unexpected error; retrying")
-        self.last_error = message
-
-    def _recovered(self):
-        if self._outage_since is not None:
-            self.log.info("guest liveness: xapi-db answers again after %.1f s",
-                          time.monotonic() - self._outage_since)
-            self._outage_since = None
-        if self.last_error is not None:
-            self.log.info("guest liveness: checking again after the error (%s)", self.last_error)
-            self.last_error = None
 
     # -- one check --------------------------------------------------------------------------
     def _read_guests(self, seen, reports):

@@ -156,6 +156,17 @@ class Tree:
         self.up_result = self.ctl("up", "--timeout", str(timeout_s - 10), timeout_s=timeout_s)
         return self.up_result
 
+    def db_get(self, cls, ref_or_uuid):
+        """One record as `xapi-ctl db get CLASS REF|UUID` prints it (a dict, with its ref)."""
+        return json.loads(self.ctl_ok("db", "get", cls, ref_or_uuid).stdout)
+
+    def db_dump(self):
+        """The pool database as `xapi-ctl db dump --file` writes it: table -> rows (columns)."""
+        from daemons.db import xmlfile
+        path = f"{self.root}/dump.db"
+        self.ctl_ok("db", "dump", "--file", path)
+        return xmlfile.read_file(path).tables
+
     def status(self):
         """`xapi-ctl status --json` as a dict (exit 0 healthy, 3 not healthy, 4 unreachable)."""
         done = self.ctl("status", "--json", timeout_s=30)

@@ -9,7 +9,6 @@ import psutil
 import pytest
 
 from common import inventory
-from daemons.db import xmlfile
 
 from .conftest import describe, running_tree, wait_until
 
@@ -23,17 +22,6 @@ def tree():
         yield t
 
 
-def dump(tree):
-    """The pool database as `xapi-ctl db dump --file` writes it: table -> rows (columns)."""
-    path = f"{tree.root}/dump.db"
-    tree.ctl_ok("db", "dump", "--file", path)
-    return xmlfile.read_file(path).tables
-
-
-def get(tree, cls, ref_or_uuid):
-    return json.loads(tree.ctl_ok("db", "get", cls, ref_or_uuid).stdout)
-
-
 def host_uuid(tree):
     return inventory.read_inventory(tree.paths.inventory)[inventory.INSTALLATION_UUID]
 
@@ -41,7 +29,7 @@ def host_uuid(tree):
 @pytest.mark.timeout(120)
 def test_a_fresh_master_has_the_dbsync_records(tree):
     inv = inventory.read_inventory(tree.paths.inventory)
-    tables = dump(tree)
+    tables = tree.db_dump()
     hosts = tables["host"]
     assert [h["uuid"] for h in hosts] == [inv[inventory.INSTALLATION_UUID]]
     host = hosts[0]
@@ -84,7 +72,7 @@ def test_a_vm_whose_domain_stopped_while_down_comes_back_halted(tree):
     tree.ctl_ok("sim", "start", "guest")
     host = tree.call("xapi-db", "db.get_by_uuid", "host", host_uuid(tree))
     # the events thread (xapi-liveness) made the domain's VM and keeps it Running here
-    vm = wait_until(lambda: (r := get(tree, "VM", guest["uuid"]))["power_state"] == "Running"
+    vm = wait_until(lambda: (r := tree.db_get("VM", guest["uuid"]))["power_state"] == "Running"
                     and r["resident_on"] == host and r["ref"], 10, "the guest's VM Running")
     assert created.returncode == 0
 
@@ -93,11 +81,11 @@ def test_a_vm_whose_domain_stopped_while_down_comes_back_halted(tree):
     done = tree.up()
     assert done.returncode == 0, describe(done)
 
-    record = get(tree, "VM", guest["uuid"])
+    record = tree.db_get("VM", guest["uuid"])
     assert record["ref"] == vm
     assert (record["power_state"], record["resident_on"], record["domid"]) == \
         ("Halted", NULL, -1)
     # and what dbsync made at the first start is still one of each
-    tables = dump(tree)
+    tables = tree.db_dump()
     assert len(tables["host"]) == len(tables["pool"]) == len(tables["user"]) == 1
     assert len([vm for vm in tables["VM"] if vm["is_control_domain"] == "true"]) == 1

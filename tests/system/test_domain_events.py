@@ -75,10 +75,6 @@ def sim_domain(tree, name):
                 if d["name"] == name)
 
 
-def db_get(tree, cls, ref_or_uuid):
-    return json.loads(tree.ctl_ok("db", "get", cls, ref_or_uuid).stdout)
-
-
 @pytest.mark.timeout(60)
 def test_the_step_runs_and_the_idle_thread_costs_nothing(tree):
     status = tree.status()
@@ -147,7 +143,7 @@ def test_stopping_makes_it_halted_and_destroying_keeps_the_record(tree, db):
     vm, waited = wait_vm(db, guest["uuid"], ("Halted", -1, NULL), 10, "the VM Halted")
     print(f"\nsim stop -> VM Halted in xapi-db: {waited:.3f} s")
     assert waited < LATENCY_BOUND_S, f"{waited:.3f} s from `sim stop` to a Halted VM"
-    assert state(db_get(tree, "VM", guest["uuid"])) == ("Halted", -1, NULL)
+    assert state(tree.db_get("VM", guest["uuid"])) == ("Halted", -1, NULL)
 
     host = host_ref(tree, db)
     tree.ctl_ok("sim", "start", "guest1")
@@ -158,7 +154,7 @@ def test_stopping_makes_it_halted_and_destroying_keeps_the_record(tree, db):
     print(f"\nsim destroy -> VM Halted in xapi-db: {waited:.3f} s")
     assert waited < LATENCY_BOUND_S, f"{waited:.3f} s from `sim destroy` to a Halted VM"
     assert gone["ref"] == vm["ref"]
-    assert db_get(tree, "VM", guest["uuid"])["name_label"] == "guest1"
+    assert tree.db_get("VM", guest["uuid"])["name_label"] == "guest1"
 
 
 @pytest.mark.timeout(180)
@@ -260,7 +256,7 @@ def test_dbsync_resets_a_running_vm_whose_host_is_gone(tree, db):
     done = tree.up()
     assert done.returncode == 0, describe(done)
 
-    record = db_get(tree, "VM", uuid)
+    record = tree.db_get("VM", uuid)
     assert record["ref"] == vm
     assert state(record) == ("Halted", -1, NULL)
     with RpcClient(tree.paths.rpc_endpoint("xapi-db"), timeout_s=5.0) as fresh:

@@ -5,7 +5,6 @@ network, its local file SR and the tools SR plugged with VDIs from their files, 
 version, the built-in templates, SM records from the plugins dir, and ends enabled. A second
 start makes none of them twice. One tree for the module (the last test restarts it)."""
 
-import json
 import os
 from pathlib import Path
 
@@ -13,7 +12,6 @@ import pytest
 
 from common import inventory
 from common.platform import templates
-from daemons.db import xmlfile
 
 from .conftest import Tree, describe
 
@@ -59,16 +57,6 @@ def tree():
         t.cleanup()
 
 
-def dump(tree):
-    path = f"{tree.root}/dump.db"
-    tree.ctl_ok("db", "dump", "--file", path)
-    return xmlfile.read_file(path).tables
-
-
-def get(tree, cls, ref_or_uuid):
-    return json.loads(tree.ctl_ok("db", "get", cls, ref_or_uuid).stdout)
-
-
 def steps(tree):
     return {s["name"]: s for s in tree.status()["steps"]}
 
@@ -86,9 +74,9 @@ def test_the_steps_run_for_real(tree):
 
 @pytest.mark.timeout(120)
 def test_pifs_for_the_physical_nics_only_and_their_networks(tree):
-    tables = dump(tree)
+    tables = tree.db_dump()
     host_uuid = inventory.read_inventory(tree.paths.inventory)[inventory.INSTALLATION_UUID]
-    host = get(tree, "host", host_uuid)
+    host = tree.db_get("host", host_uuid)
     expected = physical_nics()
     pifs = {p["device"]: p for p in tables["PIF"]}
     assert sorted(pifs) == expected
@@ -103,7 +91,7 @@ def test_pifs_for_the_physical_nics_only_and_their_networks(tree):
         carrier = (SYS_CLASS_NET / dev / "carrier").read_text().strip() == "1"
         assert pif["currently_attached"] == ("true" if carrier else "false"), pif
     if expected:
-        management = get(tree, "PIF", pifs[expected[0]]["uuid"])
+        management = tree.db_get("PIF", pifs[expected[0]]["uuid"])
         assert (management["management"], management["IP"]) == (True, "127.0.0.1")
     assert host["address"] == "127.0.0.1"
     internal = [n for n in tables["network"] if n["bridge"] == "xenapi"]
@@ -112,7 +100,7 @@ def test_pifs_for_the_physical_nics_only_and_their_networks(tree):
 
 @pytest.mark.timeout(120)
 def test_storage_templates_and_sm_records(tree):
-    tables = dump(tree)
+    tables = tree.db_dump()
     srs = {s["name__label"]: s for s in tables["SR"]}
     local, tools = srs["Local storage"], srs["XenServer Tools"]
     assert (local["type"], local["content_type"], local["shared"]) == ("file", "user", "false")
@@ -120,22 +108,22 @@ def test_storage_templates_and_sm_records(tree):
     for sr in (local, tools):
         assert pbds[sr["ref"]]["currently_attached"] == "true", pbds[sr["ref"]]
     vdis = {(v["SR"], v["location"]): v for v in tables["VDI"]}
-    disk = get(tree, "VDI", vdis[(local["ref"], "disk0.img")]["uuid"])
+    disk = tree.db_get("VDI", vdis[(local["ref"], "disk0.img")]["uuid"])
     assert (disk["virtual_size"], disk["missing"]) == (8 * 1024 * 1024, False)
-    tools_vdi = get(tree, "VDI", vdis[(tools["ref"], TOOLS_ISO)]["uuid"])
+    tools_vdi = tree.db_get("VDI", vdis[(tools["ref"], TOOLS_ISO)]["uuid"])
     assert tools_vdi["sm_config"] == {"xs-tools": "true", "xs-tools-version": "8.4.0",
                                       "xs-tools-build": "12"}
     names = {vm["name__label"] for vm in tables["VM"] if vm["is_a_template"] == "true"}
     assert {t.name_label for t in templates.TEMPLATES} <= names
     assert sorted(sm["type"] for sm in tables["SM"]) == ["file", "iso"]
     host_uuid = inventory.read_inventory(tree.paths.inventory)[inventory.INSTALLATION_UUID]
-    assert get(tree, "host", host_uuid)["enabled"] is True
+    assert tree.db_get("host", host_uuid)["enabled"] is True
 
 
 @pytest.mark.timeout(240)
 def test_a_second_start_makes_nothing_twice(tree):
     def counts():
-        tables = dump(tree)
+        tables = tree.db_dump()
         return {cls: len(tables[cls]) for cls in ("PIF", "network", "SR", "PBD", "VDI", "VM",
                                                    "SM", "PIF_metrics")}
     before = counts()
