@@ -42,6 +42,9 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet redis
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/db.py
+	$(BIN)/python bench/rrd.py
+	$(BIN)/python bench/api.py
+	$(BIN)/python bench/mailer.py
 
 clean:
 	rm -rf $(VENV) *.egg-info
