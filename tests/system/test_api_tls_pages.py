@@ -20,7 +20,7 @@ from cryptography import x509
 from common.errors import XapiError
 from common.paths import PROGRAMS
 
-from .conftest import BIN, Tree, clean_env, describe, free_port
+from .conftest import BIN, Tree, all_ready, clean_env, describe, free_port
 
 PASSWORD = "tls pw"
 
@@ -111,7 +111,8 @@ def test_the_management_interface_serves_the_sdk_over_tls(tree):
 
 
 def test_the_status_page_shows_every_daemon(tree):
-    status = tree.status()
+    # right after `up` the last daemons may still be inside supervisord's startsecs (STARTING)
+    status = tree.wait_status(all_ready, 30, "every program ready")
     for where in ("unix", "localhost"):          # open to a local operator
         code, headers, body = get(tree, where, "/status")
         assert code == 200 and headers["Content-Type"].startswith("text/html"), (code, body)
