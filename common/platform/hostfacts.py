@@ -15,6 +15,10 @@ import psutil
 log = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
+# host_metrics.memory_free moves all the time: it is written to the pool database (by dbsync and
+# by xapi-rrd's 5 s monitor) only when it is off by more than this share of the total, so an
+# idle host does not rewrite its database every few seconds.
+MEMORY_FREE_SLACK = 0.01
 
 
 @dataclass(frozen=True)

@@ -37,9 +37,6 @@ AGENT_START_KEY = "agent_start_time"
 # other_config under this key.
 CRASHDUMP_FILENAME_KEY = "filename"
 
-# host_metrics.memory_free moves all the time (the RRD monitor keeps it current in xapi); dbsync
-# rewrites it only when it is off by more than this share of the total, so a second run is quiet.
-MEMORY_FREE_SLACK = 0.01
 # "cpu MHz" in /proc/cpuinfo follows frequency scaling; xapi reads a copy taken at boot
 # (/etc/xensource/boot_time_cpus) so its records do not move. We keep the recorded speed unless
 # it is off by more than this share.
@@ -126,13 +123,14 @@ def refresh_localhost_info(s):
 def record_host_memory_properties(s):
     """xapi record_host_memory_properties: host_metrics memory_total (and, from a file taken at
     boot, the host's boot free memory). Here memory_total and memory_free from the host now;
-    memory_free is rewritten only when it is off by more than MEMORY_FREE_SLACK of the total."""
+    memory_free is rewritten only when it is off by more than hostfacts.MEMORY_FREE_SLACK of
+    the total."""
     host = s.localhost
     metrics, _ = s.ensure_host_metrics(host)
     total, free = hostfacts.memory()
     current = s.db.call("db.read_record", "host_metrics", metrics)
     values = {"memory_total": int(total)}
-    if abs(current.get("memory_free", 0) - free) > MEMORY_FREE_SLACK * total or \
+    if abs(current.get("memory_free", 0) - free) > hostfacts.MEMORY_FREE_SLACK * total or \
             not current.get("memory_free"):
         values["memory_free"] = int(free)
     if any(not same(current.get(k), v) for k, v in values.items()):

@@ -21,7 +21,7 @@ import time
 from common import inventory as inventory_mod
 from common.daemon import Daemon
 from common.errors import XapiError
-from common.platform import xensim
+from common.platform import hostfacts, xensim
 from common.rpc import AsyncRpcClient
 from daemons.rrd import archive
 from daemons.rrd.monitor import HostSampler, db_values, next_deadline, vm_values
@@ -189,11 +189,15 @@ class RrdDaemon(Daemon):
             self.vm_min_max = str(value).lower() == "true"
 
     async def _write_host_memory(self, values):
-        """host_metrics.memory_total / memory_free (bytes), written only when they changed."""
+        """host_metrics.memory_total / memory_free (bytes), written when the total changed or
+        the free memory moved by more than hostfacts.MEMORY_FREE_SLACK of the total (it moves
+        at every sample: written each time, it would keep the database busy on an idle host)."""
         if not self.host_uuid or "memory_total_kib" not in values:
             return
         memory = (int(values["memory_total_kib"]) * 1024, int(values["memory_free_kib"]) * 1024)
-        if memory == self.memory_written:
+        written = self.memory_written
+        if written is not None and written[0] == memory[0] and \
+                abs(written[1] - memory[1]) <= hostfacts.MEMORY_FREE_SLACK * memory[0]:
             return
         try:
             if self.host_metrics_ref is None:

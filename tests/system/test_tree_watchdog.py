@@ -9,10 +9,11 @@ import time
 import psutil
 import pytest
 
+from daemons.init.programs import MONITOR_PERIOD_S
+
 from .conftest import all_ready, daemon, describe, hold_for, running_tree
 
 WATCHDOG_TIMEOUT_S = 3.0
-MONITOR_PERIOD_S = 1.0   # daemons.init.programs.MONITOR_PERIOD_S
 
 
 @pytest.fixture(scope="module")
