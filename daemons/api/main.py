@@ -65,6 +65,7 @@ class ApiDaemon(Daemon):
         self.master_address = None
         self.listen_errors = {}        # listener -> the error that kept it closed
         self.certificate = None        # tls.describe() of the management certificate
+        self._tasks = set()            # background work (reading the certificate)
 
     async def setup(self):
         self.db = DbClient(self.paths.rpc_endpoint("xapi-db"))
@@ -182,24 +183,44 @@ class ApiDaemon(Daemon):
         return "127.0.0.1"
 
     async def _tls_context(self, address):
-        """The certificate (made on first start if missing) and the SSL context from it."""
+        """The certificate (made on first start if missing) and the SSL context from it. An
+        existing file is checked by OpenSSL as the context loads it; reading its names (with
+        the ``cryptography`` package, slow to import) is left to the background, off the
+        start-up path, unless the file is refused and the reason is wanted."""
         path = self.paths.xapi_ssl_pem
         loop = asyncio.get_running_loop()
+        if path.exists():
+            try:
+                context = tls.server_context(path)
+            except XapiError:
+                await loop.run_in_executor(None, tls.describe, path)   # the precise reason
+                raise
+            task = loop.create_task(self._describe_certificate(path, address))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return context
         try:
             info = await loop.run_in_executor(None, tls.ensure_certificate, path,
                                               socket.gethostname(), [address])
         except OSError as exc:
             raise XapiError("SERVER_CERTIFICATE_INVALID", str(path),
                             f"cannot write: {exc.strerror or exc}") from None
-        if info["created"]:
-            self.log.info("made a self-signed certificate %s for %s (valid until %s)", path,
-                          ", ".join(info["names"]), info["not_after"])
-        elif address not in info["names"]:
+        self.log.info("made a self-signed certificate %s for %s (valid until %s)", path,
+                      ", ".join(info["names"]), info["not_after"])
+        self.certificate = {k: info[k] for k in ("subject", "names", "not_after")}
+        return tls.server_context(path)
+
+    async def _describe_certificate(self, path, address):
+        try:
+            info = await asyncio.get_running_loop().run_in_executor(None, tls.describe, path)
+        except XapiError as exc:
+            self.log.warning("the certificate %s cannot be described: %s", path, exc)
+            return
+        if address not in info["names"]:
             self.log.warning("the certificate %s does not name the management address %s "
                              "(it names %s): clients that check names will refuse it", path,
                              address, ", ".join(info["names"]) or "nothing")
         self.certificate = {k: info[k] for k in ("subject", "names", "not_after")}
-        return tls.server_context(path)
 
     # -- HTTP ---------------------------------------------------------------------------------------
     async def handle_http(self, request):

@@ -123,13 +123,25 @@ def ensure_certificate(path, hostname, addresses):
     return info
 
 
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_passphrase():
+    """OpenSSL asks for a passphrase: there is none (and no terminal to prompt on)."""
+    raise _EncryptedKey()
+
+
 def server_context(path):
     """The SSL context of the management listener: TLS 1.2 or later, the file's key and
     certificate."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        context.load_cert_chain(str(path))
+        context.load_cert_chain(str(path), password=_no_passphrase)
+    except _EncryptedKey:
+        raise _invalid(path, "the private key is encrypted (a passphrase is not supported)") \
+            from None
     except ssl.SSLError as exc:
         raise _invalid(path, f"rejected by OpenSSL: {exc.reason or exc}") from None
     except OSError as exc:
