@@ -19,7 +19,8 @@ Semantics kept from rrdtool (so a dump restored by ``rrdtool restore`` goes on t
 """
 
 import math
-from operator import add
+from itertools import compress
+from operator import add, gt, lt
 
 NAN = float("nan")
 INF = float("inf")
@@ -41,14 +42,23 @@ class RrdError(ValueError):
     """A bad definition or update; the message names what was wrong."""
 
 
+# xcp-rrdd's names go past rrdtool's 19 characters (the VM source memory_internal_free has 20):
+# the names are xapi's, which clients read in rrd_updates legends; a dump with such a source is
+# refused by `rrdtool restore`, as xcp-rrdd's own would be.
+DS_NAME_MAX = 64
+RRDTOOL_DS_NAME_MAX = 19
+
+
 class DataSource:
     """One data source: its definition and its PDP state (rrdtool's ds_def and pdp_prep)."""
 
     __slots__ = ("name", "type", "heartbeat", "min", "max", "last_ds", "value", "unknown_sec")
 
     def __init__(self, name, type=GAUGE, heartbeat=HEARTBEAT_S, min=NAN, max=NAN):
-        if not name or len(name) > 19 or not all(c.isalnum() or c in "_-" for c in name):
-            raise RrdError(f"data source name {name!r}: 1 to 19 characters of [A-Za-z0-9_-]")
+        if not name or len(name) > DS_NAME_MAX or \
+                not all(c.isalnum() or c in "_-" for c in name):
+            raise RrdError(f"data source name {name!r}: 1 to {DS_NAME_MAX} characters of "
+                           f"[A-Za-z0-9_-]")
         if type not in DS_TYPES:
             raise RrdError(f"data source {name}: type {type!r} is not one of {DS_TYPES}")
         if not heartbeat or heartbeat <= 0:
@@ -172,13 +182,15 @@ class Rrd:
         numbers; a name left out, or None, or NaN, is unknown for this interval. Raises
         RrdError for a time not after the last update or an unknown name."""
         index = self.index
-        if not values.keys() <= index.keys():
+        # ``index`` holds the names in data source order (add_source appends, remove_source and
+        # dump.parse_xml rebuild it in order), so its keys give the row's order
+        row = list(map(values.get, index))
+        # as many values found as given: every name is known (the cheap test); else check
+        if len(row) - row.count(None) != len(values) and not values.keys() <= index.keys():
             for name in values:
                 if name not in index:
                     raise RrdError(f"update: no data source {name!r} in this RRD")
-        # ``index`` holds the names in data source order (add_source appends, remove_source and
-        # dump.parse_xml rebuild it in order), so its keys give the row's order
-        self.update_row(t, list(map(values.get, index)))
+        self.update_row(t, row)
 
     def update_row(self, t, row):
         """``update`` with the values as a list in data source order."""
@@ -211,8 +223,11 @@ class Rrd:
         pre_int = first_end - last
         post_int = t - occu_pdp_st
         half_step = step / 2.0
-        first, rest = [], []
-        add_first, add_rest = first.append, rest.append
+        # float operands where the loop mixes them with floats: the same results (Python turns
+        # an int operand into a float just as float() does), without mixed int/float arithmetic
+        interval_f, pre_f, post_f = float(interval), float(pre_int), float(post_int)
+        first = []
+        add_first = first.append
         for ds, new in zip(self.sources, pdp_new):
             unknown_sec = ds.unknown_sec
             if new != new:
@@ -221,33 +236,41 @@ class Rrd:
                     add_first(NAN)
                 else:
                     add_first(ds.value / known)
-                add_rest(NAN)
                 ds.unknown_sec = post_int
                 ds.value = NAN
             else:
-                rate = new / interval
+                rate = new / interval_f
                 value = ds.value
-                value = (0.0 if value != value else value) + rate * pre_int
-                if half_step < unknown_sec:
+                value = (0.0 if value != value else value) + rate * pre_f
+                if unknown_sec == 0:   # the PDP was known all along (the usual case)
+                    add_first(value / step)
+                elif half_step < unknown_sec:
                     add_first(NAN)
                 else:
                     known = step - unknown_sec
                     add_first(value / known if known > 0 else NAN)
-                add_rest(rate)
                 ds.unknown_sec = 0
-                ds.value = rate * post_int
+                ds.value = rate * post_f
         # a sum is NaN when any term is: one C loop tells whether a whole row is known
         total = sum(first)
         first_known = total == total
+        proc_pdp_cnt = proc_pdp_st // step
+        if elapsed == 1:   # the usual update: one step later
+            for a in self.archives:
+                pdp_cnt = a.pdp_cnt
+                if pdp_cnt > 1 and proc_pdp_cnt % pdp_cnt < pdp_cnt - 1:
+                    _accumulate(a, first, 1, first_known)   # no CDP completes
+                else:
+                    _write_rows(a, _consolidate(a, first, 1, proc_pdp_cnt, first_known))
+            return
+        rest = [NAN if new != new else new / interval for new in pdp_new]
         total = sum(rest)
         rest_known = total == total
-        proc_pdp_cnt = proc_pdp_st // step
         # rows are written as soon as they are consolidated (the second _consolidate changes
         # primary and secondary): the same rows in the same ring slots as writing all at once
         for a in self.archives:
             _write_rows(a, _consolidate(a, first, 1, proc_pdp_cnt, first_known))
-            if elapsed > 1:
-                _write_rows(a, _consolidate(a, rest, elapsed - 1, proc_pdp_cnt + 1, rest_known))
+            _write_rows(a, _consolidate(a, rest, elapsed - 1, proc_pdp_cnt + 1, rest_known))
 
     # -- reading ----------------------------------------------------------------------------
     def archive_end(self, a):
@@ -276,23 +299,28 @@ def _pdp_new(sources, row, interval):
     value kept in last_ds for the next DERIVE."""
     out = []
     append = out.append
+    interval_f = float(interval)   # the same products and quotients as with the int
     for ds, value in zip(sources, row):
         if value is None or value != value:
             ds.last_ds = None
             append(NAN)
             continue
-        value = float(value)
+        if value.__class__ is not float:
+            value = float(value)
         if interval > ds.heartbeat:
             new = NAN
-        elif ds.type == GAUGE:
-            new = value * interval
-        elif ds.type == ABSOLUTE:
-            new = value
-        else:   # DERIVE
-            new = NAN if ds.last_ds is None else value - ds.last_ds
+        else:
+            kind = ds.type
+            if kind == GAUGE:
+                new = value * interval_f
+            elif kind == ABSOLUTE:
+                new = value
+            else:   # DERIVE
+                last_ds = ds.last_ds
+                new = NAN if last_ds is None else value - last_ds
         ds.last_ds = value
         if new == new:
-            rate = new / interval
+            rate = new / interval_f
             if rate > ds.max or rate < ds.min:   # comparisons with NaN are false
                 new = NAN
         append(new)
@@ -346,9 +374,9 @@ def _write_rows(a, runs):
 
 def _accumulate(a, pdp_temp, elapsed, all_known=False):
     """No CDP completes: add the PDPs to the CDPs in progress. With every PDP known and no CDP
-    value NaN (the usual case), one C-level map does what the loop below does, term for term:
-    ``v + p * elapsed`` (``p * 1`` is ``p``), and min/max, which keep ``v`` unless ``p`` is
-    strictly smaller/greater, as the loop does."""
+    value NaN (the usual case) C-level maps do what the loop below does, term for term:
+    ``v + p * elapsed`` (``p * 1`` is ``p``) for AVERAGE; for MIN and MAX only the values that
+    ``p`` beats strictly are replaced, as in the loop."""
     value, unknown = a.value, a.unknown_pdps
     cf = a.cf
     if all_known and cf != LAST:
@@ -359,10 +387,10 @@ def _accumulate(a, pdp_temp, elapsed, all_known=False):
                     value[:] = map(add, value, pdp_temp)
                 else:
                     value[:] = [v + p * elapsed for v, p in zip(value, pdp_temp)]
-            elif cf == MIN:
-                value[:] = map(min, value, pdp_temp)
-            else:
-                value[:] = map(max, value, pdp_temp)
+            else:   # only the CDPs that change are touched: compress picks them at C speed
+                for i in compress(range(len(value)), map(lt if cf == MIN else gt, pdp_temp,
+                                                         value)):
+                    value[i] = pdp_temp[i]
             return
     for i, p in enumerate(pdp_temp):
         if p != p:

@@ -18,7 +18,7 @@ import re
 import psutil
 
 from common.platform import hostfacts, xensim
-from daemons.rrd.engine import DERIVE, GAUGE, DataSource, RrdError, STEP_S
+from daemons.rrd.engine import DERIVE, GAUGE, RRDTOOL_DS_NAME_MAX, DataSource, RrdError, STEP_S
 
 _CPU = re.compile(r"^cpu\d+$")
 _PIF = re.compile(r"^pif_.+_(rx|tx)$")
@@ -86,7 +86,7 @@ class HostSampler:
             if c is None:
                 continue
             rx, tx = f"pif_{dev}_rx", f"pif_{dev}_tx"
-            if len(rx) > 19:   # rrdtool's limit on data source names
+            if len(rx) > RRDTOOL_DS_NAME_MAX:   # the host RRD stays restorable by rrdtool
                 self.skipped_nics.add(dev)
                 continue
             values[rx], values[tx] = float(c.bytes_recv), float(c.bytes_sent)

@@ -138,8 +138,9 @@ def test_bad_updates_are_refused_with_the_reason():
         rrd.update(T0 + 10, {"x": 1.0})
     with pytest.raises(RrdError, match="type"):
         DataSource("x", "COUNTERISH")
-    with pytest.raises(RrdError, match="1 to 19 characters"):
-        DataSource("a" * 20)
+    with pytest.raises(RrdError, match="1 to 64 characters"):
+        DataSource("a" * 65)
+    assert DataSource("memory_internal_free").name == "memory_internal_free"   # xcp-rrdd's
 
 
 def rrdtool():
