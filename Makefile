@@ -37,8 +37,9 @@ soak: $(STAMP)
 	XAPI_SOAK_ROUNDS=20 $(BIN)/python -m pytest -q tests/system/test_db_durability.py -k kill
 
 bench: $(STAMP)
-	command -v redis-server >/dev/null || { apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+	command -v redis-server >/dev/null && command -v rrdtool >/dev/null || \
+		{ apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server rrdtool; }
 	$(BIN)/python -m pip install --quiet redis
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/db.py
