@@ -81,3 +81,20 @@ def check_request(msg):
                                  or not isinstance(deadline, (int, float))):
         raise ValueError("request deadline is not a number")
     return req_id, method, args, kwargs, deadline
+
+
+def _as_on_the_bus(value):
+    """A value as it comes back from the bus: tuples are lists, datetimes are aware (UTC)."""
+    if isinstance(value, (list, tuple)):
+        return [_as_on_the_bus(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_on_the_bus(v) for k, v in value.items()}
+    if isinstance(value, datetime.datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=datetime.timezone.utc)
+    return value
+
+
+def same(a, b):
+    """Whether a value read back from a daemon equals one about to be written: a write of an
+    equal value is skipped (it would bump the generation and fire events for nothing)."""
+    return _as_on_the_bus(a) == _as_on_the_bus(b)

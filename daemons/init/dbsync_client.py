@@ -5,6 +5,7 @@ import uuid as uuid_mod
 from datetime import datetime, timezone
 
 from common import schema
+from common.protocol import same  # noqa: F401 - dbsync's steps import it from here
 from common.errors import XapiError
 
 NULL_REF = schema.NULL_REF
@@ -16,21 +17,6 @@ def new_ref():
 
 def now_utc():
     return datetime.now(timezone.utc).replace(microsecond=0)
-
-
-def _norm(value):
-    """A value as it compares after a trip on the bus (tuples are lists there)."""
-    if isinstance(value, (list, tuple)):
-        return [_norm(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _norm(v) for k, v in value.items()}
-    if isinstance(value, datetime) and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value
-
-
-def same(a, b):
-    return _norm(a) == _norm(b)
 
 
 def _eq(field, value):

@@ -4,6 +4,7 @@ gets no answer raises DbUnreachable, so the caller can wait for xapi-db and resy
 than die (xapi-db restarts on its own; it keeps every acknowledged write)."""
 
 import uuid as uuid_mod
+from datetime import datetime, timezone
 
 from common import schema
 from common.errors import RpcTimeout, XapiError
@@ -77,3 +78,9 @@ class LivenessDb:
         close = getattr(self.client, "close", None)
         if close:
             close()
+
+
+def utc_of(epoch_s):
+    """An epoch time of the simulated hypervisor as the datetime a DB field holds (whole
+    seconds, UTC)."""
+    return datetime.fromtimestamp(int(epoch_s), timezone.utc)

@@ -24,31 +24,18 @@ with a capped backoff, then a full resync.
 
 import asyncio
 import logging
-from datetime import datetime, timezone
 
 from common.errors import XapiError
+from common.protocol import same
 from common.platform.xensim import PAUSED, RUNNING
 from daemons.liveness.retrying import Retrying
-from daemons.liveness.dbclient import NULL_REF, DbUnreachable, new_ref
+from daemons.liveness.dbclient import utc_of, NULL_REF, DbUnreachable, new_ref
 
 LIVE = (RUNNING, PAUSED)
 HALTED = "Halted"
 RETRY_MIN_S = 0.25
 RETRY_MAX_S = 2.0
 IDLE_WAIT_S = 60.0      # a wait for the next change is re-armed this often (no work without one)
-
-
-def _utc(epoch_s):
-    return datetime.fromtimestamp(int(epoch_s), timezone.utc)
-
-
-def _same(a, b):
-    """Values compare as they come back from the bus (lists, aware datetimes)."""
-    if isinstance(a, tuple):
-        a = list(a)
-    if isinstance(b, tuple):
-        b = list(b)
-    return a == b
 
 
 def domain_key(domain):
@@ -60,7 +47,7 @@ def domain_key(domain):
 def metrics_values(domain):
     values = {"memory_actual": domain["memory_kib"] * 1024, "VCPUs_number": domain["vcpus"]}
     if domain["power_state"] in LIVE and domain["running_since"] is not None:
-        values["start_time"] = _utc(domain["running_since"])
+        values["start_time"] = utc_of(domain["running_since"])
     return values
 
 
@@ -82,7 +69,7 @@ def new_vm_values(domain, host, metrics):
 
 def _writes(cls, ref, current, wanted):
     return [["write_field", cls, ref, name, value] for name, value in wanted.items()
-            if not _same(current.get(name), value)]
+            if not same(current.get(name), value)]
 
 
 class DomainEvents(Retrying):

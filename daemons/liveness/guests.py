@@ -29,6 +29,7 @@ import uuid as uuid_mod
 from datetime import datetime, timezone
 
 from common.errors import XapiError
+from common.protocol import same
 from common.platform.xensim import RUNNING
 from daemons.liveness import agent
 from daemons.liveness.retrying import Retrying
@@ -41,19 +42,12 @@ RETRY_MAX_S = 5.0
 
 
 def _utc(epoch_s):
+    """With its fraction: liveness compares heartbeats to the second and below."""
     return datetime.fromtimestamp(epoch_s, timezone.utc)
 
 
 def _stamp(epoch_s):
     return _utc(epoch_s).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _same(a, b):
-    if isinstance(a, tuple):
-        a = list(a)
-    if isinstance(b, tuple):
-        b = list(b)
-    return a == b
 
 
 class GuestLiveness(Retrying):
@@ -198,7 +192,7 @@ class GuestLiveness(Retrying):
         wanted = {name: report[name] for name in agent.REPORT_FIELDS} if report else {}
         wanted["live"] = live
         writes = [["write_field", "VM_guest_metrics", record["guest_metrics"], name, value]
-                  for name, value in wanted.items() if not _same(metrics.get(name), value)]
+                  for name, value in wanted.items() if not same(metrics.get(name), value)]
         if not writes:
             return None, live
         if heartbeat is not None:

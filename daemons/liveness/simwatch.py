@@ -10,6 +10,7 @@ read every FALLBACK_POLL_S; with the watch, only every CHECK_S as a safeguard.""
 import asyncio
 import logging
 
+from common.aio import wait_event
 from common.errors import XapiError
 from daemons.liveness import inotify
 
@@ -69,10 +70,7 @@ class SimChanges:
         if self.generation != seen:
             return self.generation
         changed = self._changed
-        try:
-            await asyncio.wait_for(changed.wait(), timeout_s)
-        except asyncio.TimeoutError:
-            pass
+        await wait_event(changed, timeout_s)
         return self.generation
 
     # -- inside ------------------------------------------------------------------------------
@@ -112,10 +110,7 @@ class SimChanges:
             if self._add_watch():
                 self._refresh()
             timeout_s = self.check_s if self._wd is not None else self.fallback_poll_s
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout_s)
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self._wake, timeout_s)
             self._wake.clear()
             self._refresh()
 

@@ -17,6 +17,7 @@ import asyncio
 import random
 import time
 
+from common.aio import wait_event
 from common.errors import XapiError
 from daemons.mailer import compose
 from daemons.mailer.hook import run_hook
@@ -113,13 +114,8 @@ class Delivery:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _sleep(self, seconds):
-        """Until woken or ``seconds`` pass. Not asyncio.wait_for: on Python 3.11 it can swallow
-        a cancellation that comes as the event is set, and the task would never end."""
-        waiter = asyncio.ensure_future(self.event.wait())
-        try:
-            await asyncio.wait({waiter}, timeout=max(0.0, seconds))
-        finally:
-            waiter.cancel()
+        """Until woken or ``seconds`` pass."""
+        await wait_event(self.event, seconds)
 
     def _begin(self, entry):
         """Mark ``entry`` in flight on an idle transport; returns the transport's index."""
