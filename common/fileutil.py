@@ -20,9 +20,13 @@ def create_temp_beside(path):
             continue
 
 
-def atomic_write(path, data, mode=0o644):
+def atomic_write(path, data, mode=0o644, durable=True):
     """Replace ``path`` with ``data`` (str or bytes) so a reader sees the old or the new file,
-    never a half-written one, even across a crash."""
+    never a half-written one, even across a crash.
+
+    ``durable=False`` leaves out the two fsyncs, for the run-time records under var/run (tmpfs
+    on a host, emptied at boot): the rename still shows readers, and a restarted process, a
+    whole file; only a power loss could lose the newest copy, and a boot forgets them anyway."""
     path = Path(path)
     if isinstance(data, str):
         data = data.encode("utf-8")
@@ -34,7 +38,8 @@ def atomic_write(path, data, mode=0o644):
         while view:
             written = os.write(fd, view)
             view = view[written:]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         os.unlink(tmp)
@@ -45,7 +50,8 @@ def atomic_write(path, data, mode=0o644):
     except BaseException:
         os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def fsync_dir(directory):

@@ -6,7 +6,6 @@ scripts, so it is always written whole as ``KEY='value'`` lines, atomically.
 """
 
 import re
-import uuid
 from pathlib import Path
 
 from common.config import read_config_text
@@ -85,6 +84,7 @@ def write_inventory(path, values):
 
 def new_inventory():
     """The values of a fresh inventory, as xapi creates a missing one."""
+    import uuid     # here: only a new host needs it, and every program reads the inventory
     return {
         INSTALLATION_UUID: str(uuid.uuid4()),
         CONTROL_DOMAIN_UUID: str(uuid.uuid4()),

@@ -4,6 +4,7 @@ Exit codes: 0 ok, 1 error, 3 not running or not healthy, 4 cannot reach the tree
 """
 
 import argparse
+import gc
 import json
 import signal
 import sys
@@ -243,7 +244,11 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         paths = Paths(root_from_env(args.root))
-        return args.fn(paths, args)
+        code = args.fn(paths, args)
+        # the interpreter's exit skips its full collection over the imports' objects (~40 ms
+        # a call); what reference counting frees is finalised as before
+        gc.freeze()
+        return code
     except CtlError as exc:
         print(f"xapi-ctl: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -4,11 +4,12 @@ The password is one line of standard input when it is not a terminal (its traili
 stripped), else asked twice with getpass. The file is rewritten atomically (temp, fsync,
 rename), mode 0600; xapi-api reads it at each login, so the password counts at once."""
 
-import getpass
 import sys
 
-from daemons.api import users
 from daemons.ctl.tree import CtlError
+
+# getpass and daemons.api.users (hashlib, hmac) are imported by the command that uses them:
+# every other call of xapi-ctl, `up` among them, would load them for nothing.
 
 
 def read_password(stdin=None):
@@ -20,6 +21,7 @@ def read_password(stdin=None):
             if line.endswith("\r"):
                 line = line[:-1]
         return line
+    import getpass
     first = getpass.getpass("New XenAPI password: ")
     if getpass.getpass("Again: ") != first:
         raise CtlError("the two passwords differ; nothing changed")
@@ -28,6 +30,7 @@ def read_password(stdin=None):
 
 def cmd_passwd(paths, args, out=print):
     """Set the XenAPI password of USER (read from standard input when it is not a terminal)."""
+    from daemons.api import users
     try:
         users.check_user_name(args.user)
         password = read_password()

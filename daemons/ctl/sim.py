@@ -3,10 +3,8 @@ simulated hypervisor (var/lib/xensim) for demos and tests, as an operator would 
 
 import json
 import time
-import uuid as uuid_mod
 
 from common.errors import XapiError
-from common.platform.xensim import HALTED, XenSim
 from daemons.ctl.tree import CtlError
 
 _MESSAGES = {
@@ -25,6 +23,7 @@ _MESSAGES = {
 def cmd_sim(paths, args, out=print):
     """The simulated hypervisor: list, create, start, stop or destroy domains; silence or resume
     their guest agents."""
+    from common.platform.xensim import XenSim   # here: every other xapi-ctl call skips it
     sim = XenSim(paths.xensim)
     try:
         return _ACTIONS[args.sim_command](sim, args, out)
@@ -91,6 +90,7 @@ def _start(sim, args, out):
 def _stop(sim, args, out):
     """Shut a domain down cleanly (Halted); its guest agent's keys go."""
     d = sim.stop(args.domain)
+    from common.platform.xensim import HALTED
     out(f"stopped domain {d['domid']} '{d['name']}': {HALTED}")
     return 0
 
@@ -132,7 +132,8 @@ def _positive(kind):
 
 
 def _uuid(text):
-    return str(uuid_mod.UUID(text))
+    import uuid
+    return str(uuid.UUID(text))
 
 
 def add_parser(sub, add):

@@ -16,6 +16,9 @@ from common.supervisor import FATAL, Supervisor
 
 SUPERVISORD_START_TIMEOUT_S = 20.0
 SUPERVISORD_STOP_TIMEOUT_S = 180.0
+FOLLOW_POLL_S = 0.01         # a stat of startup.json
+REREAD_S = 0.25
+SUPERVISOR_CHECK_S = 0.5     # xapi-init's state in supervisord (FATAL), an XML-RPC call
 
 
 class CtlError(XapiError):
@@ -175,12 +178,23 @@ def read_progress(paths):
 
 
 def follow_startup(paths, supervisor, since, out, timeout_s):
-    """Print each step as it completes until init is complete; returns the exit code."""
+    """Print each step as it completes until init is complete; returns the exit code.
+
+    startup.json is read again when it was replaced (a stat every FOLLOW_POLL_S; read anyway
+    every REREAD_S, as a file system may reuse an inode within one mtime tick), and
+    supervisord is asked about xapi-init every SUPERVISOR_CHECK_S: a start-up shares two
+    cores with this loop, and a tighter one would slow what it watches."""
     sv_pid = supervisor.pid()
     printed, run = 0, None
+    seen, data = (), {}
     deadline = time.monotonic() + timeout_s
+    next_sv_check = next_read = 0.0
+    record, cookie = paths.startup_json, paths.init_complete_cookie
     while True:
-        data = read_progress(paths)
+        stamp = _file_stamp(record)
+        if stamp != seen or time.monotonic() >= next_read:
+            seen, data = stamp, read_progress(paths)
+            next_read = time.monotonic() + REREAD_S
         # A run of this supervisord that was stopped (SIGTERM, down) or is being restarted is
         # over: its steps are not the ones this `up` is waiting for.
         current = ((data.get("supervisor_pid") == sv_pid
@@ -194,20 +208,32 @@ def follow_startup(paths, supervisor, since, out, timeout_s):
                 out(format_step(steps[printed]))
                 printed += 1
             state = data.get("state")
-            if state == "complete" and paths.init_complete_cookie.exists():
+            if state == "complete" and cookie.exists():
                 return 0, data
             if state in ("failed", "emergency"):
                 return 1, data
-        info = supervisor.info("xapi-init")
-        if info["statename"] == FATAL:
-            return 1, dict(data, state="failed", error=(
-                "xapi-init exited at every start (FATAL in supervisord): "
-                + tail_text(paths.err_file("xapi-init"))))
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now >= next_sv_check:
+            next_sv_check = now + SUPERVISOR_CHECK_S
+            info = supervisor.info("xapi-init")
+            if info["statename"] == FATAL:
+                return 1, dict(data, state="failed", error=(
+                    "xapi-init exited at every start (FATAL in supervisord): "
+                    + tail_text(paths.err_file("xapi-init"))))
+        if now > deadline:
             return 1, dict(data, state="timeout", error=(
                 f"start-up did not complete within {timeout_s:g} s; check "
                 f"`xapi-ctl status` and {paths.log_file('xapi-init')}"))
-        time.sleep(0.025)   # a poll of one small file
+        time.sleep(FOLLOW_POLL_S)
+
+
+def _file_stamp(path):
+    """What changes when a file is replaced (atomic_write renames a new inode over it)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def format_step(step):

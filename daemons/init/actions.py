@@ -96,8 +96,10 @@ def init_licensing(ctx, runner):
 
 
 def log_version_info(ctx, runner):
-    ctx.log.info("xapi-py %s on Python %s (%s)", VERSION, platform.python_version(),
-                 platform.platform())
+    # os.uname, not platform.platform(): that one runs `uname -p` in a subprocess
+    system = os.uname()
+    ctx.log.info("xapi-py %s on Python %s (%s-%s-%s)", VERSION, platform.python_version(),
+                 system.sysname, system.release, system.machine)
     for name in sorted(ctx.config):
         ctx.log.info("config %s = %r (%s)", name, ctx.config[name], ctx.config.source(name))
     return f"xapi-py {VERSION}, Python {platform.python_version()}"

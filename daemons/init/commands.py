@@ -35,4 +35,6 @@ class CommandLog:
         return list(self.by_program.get(program, []))
 
     def _save(self):
-        atomic_write(self.path, json.dumps(self.by_program, indent=1, sort_keys=True), mode=0o600)
+        # var/run: a run-time record, not fsynced (see common.fileutil.atomic_write)
+        atomic_write(self.path, json.dumps(self.by_program, indent=1, sort_keys=True), mode=0o600,
+                     durable=False)

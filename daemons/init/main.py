@@ -43,6 +43,7 @@ class InitDaemon(Daemon):
     """The start-up orchestrator of the xapi-py tree."""
 
     program = "xapi-init"
+    flags = ("--fresh",)
     ready_when_serving = False
     watchdog = False
 
@@ -70,7 +71,9 @@ class InitDaemon(Daemon):
 
     def save_state(self):
         self.init_state["programs"] = self.programs.export()
-        atomic_write(self.paths.init_state_json, json.dumps(self.init_state, indent=1), 0o600)
+        # var/run: a run-time record, not fsynced (see common.fileutil.atomic_write)
+        atomic_write(self.paths.init_state_json, json.dumps(self.init_state, indent=1), 0o600,
+                     durable=False)
 
     # -- preflight: every file checked before any step ------------------------------------
     def preflight(self):

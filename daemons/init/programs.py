@@ -3,6 +3,7 @@ commands, the watchdog, retries of programs supervisord left FATAL, operator sto
 
 import asyncio
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ log = logging.getLogger("xapi-init")
 MONITOR_PERIOD_S = 2.0   # supervisord asked for its processes; each pass costs it and us CPU on an idle host
 COMMAND_RETRIES = 2
 LOG_TAIL_LINES = 8
+NUDGE_PERIOD_S = 0.005   # supervisord asked for a restarted program's pid, once the old one exited
 
 
 @dataclass
@@ -64,6 +66,26 @@ class ProgramState:
         if self.managed and not self.ready and not self.operator_stopped:
             info["log_tail"] = log_tail(paths, self.name)
         return info
+
+
+def open_pidfd(pid):
+    """A pidfd of ``pid`` (readable once the process has exited), or None where there is none
+    to be had (an old kernel, the process already gone): the caller then polls."""
+    try:
+        return os.pidfd_open(pid) if pid else None
+    except (AttributeError, OSError):
+        return None
+
+
+async def wait_readable(fd, timeout_s):
+    """Return once ``fd`` is readable, or after ``timeout_s``."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await asyncio.wait([ready], timeout=timeout_s)
+    finally:
+        loop.remove_reader(fd)
 
 
 def log_tail(paths, program, lines=LOG_TAIL_LINES):
@@ -171,19 +193,22 @@ class ProgramManager:
         except XapiError as exc:
             log.warning("supervisord did not answer: %s", exc)
             return
-        now = time.monotonic()
         for info in infos.values():
-            st = self.states.get(info["name"])
-            if st is None:
-                continue
-            pid = info["pid"] or None
-            if pid != st.pid:
-                st.pid, st.pid_seen_at = pid, now
-                if pid != st.ready_pid:
-                    st.ready = False
-            st.sv_state = info["statename"]
-            if st.sv_state not in sv.RUNNING_STATES:
+            self._take_info(info)
+
+    def _take_info(self, info, now=None):
+        """supervisord's view of one program: its pid and state."""
+        st = self.states.get(info["name"])
+        if st is None:
+            return
+        pid = info["pid"] or None
+        if pid != st.pid:
+            st.pid, st.pid_seen_at = pid, now or time.monotonic()
+            if pid != st.ready_pid:
                 st.ready = False
+        st.sv_state = info["statename"]
+        if st.sv_state not in sv.RUNNING_STATES:
+            st.ready = False
 
     # -- actions ------------------------------------------------------------------------
     async def start_and_wait(self, name, timeout_s):
@@ -289,29 +314,40 @@ class ProgramManager:
         old_pid = st.pid
         st.operator_stopped = False
         self.persist()
-        if st.sv_state == sv.RUNNING and await self._signal_quietly(name, "TERM"):
-            # One hop: SIGTERM (an orderly exit) and supervisord's autorestart starts it again
-            # at once, with no stop-then-start round trips through its XML-RPC waits.
-            await self._nudge_until_respawned(name, old_pid)
-        else:
-            await self.sv(self.supervisor.stop, name, True)
-            await self.sv(self.supervisor.start, name, False)
+        # opened before the signal, so it is this process whose exit is awaited
+        exit_fd = open_pidfd(old_pid) if st.sv_state == sv.RUNNING else None
+        try:
+            if st.sv_state == sv.RUNNING and await self._signal_quietly(name, "TERM"):
+                # One hop: SIGTERM (an orderly exit) and supervisord's autorestart starts it
+                # again at once, with no stop-then-start round trips through its XML-RPC waits.
+                await self._nudge_until_respawned(name, old_pid, exit_fd)
+            else:
+                await self.sv(self.supervisor.stop, name, True)
+                await self.sv(self.supervisor.start, name, False)
+        finally:
+            if exit_fd is not None:
+                os.close(exit_fd)
         return await self._wait_ready(st, old_pid, timeout_s)
 
-    async def _nudge_until_respawned(self, name, old_pid, timeout_s=2.0):
+    async def _nudge_until_respawned(self, name, old_pid, exit_fd=None, timeout_s=2.0):
         """supervisord reaps a child on its next loop turn, which may be up to a second away
         when the child's pipes closed a moment before it was gone; a request is such a turn.
-        Ask for the program's state every 20 ms until it runs with a new pid (bounded)."""
+        Wait for the old process to exit (its pidfd turns readable), then ask for the
+        program's state every NUDGE_PERIOD_S until it runs with a new pid (bounded)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        if exit_fd is not None:
+            await wait_readable(exit_fd, timeout_s)
         while loop.time() < deadline:
             try:
                 info = await self.sv(self.supervisor.info, name)
             except XapiError:
                 return
             if info["pid"] and info["pid"] != old_pid:
+                # known now: its READY is taken at once, with no other question to supervisord
+                self._take_info(info)
                 return
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(NUDGE_PERIOD_S)
 
     async def _signal_quietly(self, name, signame):
         try:
@@ -364,8 +400,17 @@ class ProgramManager:
                 waiter.set_result(None)
 
     async def stop_all(self, order):
+        # One question first: a fresh start-up finds them all stopped, and seven stop calls
+        # (each a round trip through supervisord) would delay its first step for nothing.
+        try:
+            infos = await self.sv(self.supervisor.all_info)
+        except XapiError:
+            infos = {}
         for name in order:
             st = self.states[name]
+            if infos.get(name, {}).get("statename") in (sv.STOPPED, sv.FATAL):
+                st.ready = False      # neither is started again by supervisord on its own
+                continue
             try:
                 await self.sv(self.supervisor.stop, name, True)
                 log.info("stopped %s", name)
