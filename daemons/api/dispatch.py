@@ -34,11 +34,13 @@ class Dispatcher:
         self.calls = 0
         self.failures = {}
 
-    async def dispatch(self, name, params, transport, wire):
-        """-> (True, value in wire form) or (False, ErrorDescription list)."""
+    async def dispatch(self, name, params, transport, wire, encode=None):
+        """-> (True, value in wire form) or (False, ErrorDescription list). With ``encode``
+        (``fn(type, typed value)``, e.g. xmlrpc_wire.success_typed), the result is passed
+        through it instead of marshal.to_wire, and what it returns is the value."""
         self.calls += 1
         try:
-            return True, await self._dispatch(name, params, transport, wire)
+            return True, await self._dispatch(name, params, transport, wire, encode)
         except XapiError as exc:
             description = exc.description
         except Exception as exc:     # a bug: said in the log, the client gets INTERNAL_ERROR
@@ -47,7 +49,7 @@ class Dispatcher:
         self.failures[description[0]] = self.failures.get(description[0], 0) + 1
         return False, description
 
-    async def _dispatch(self, name, params, transport, wire):
+    async def _dispatch(self, name, params, transport, wire, encode):
         api = self.api
         if api.boot_error and name not in EMERGENCY_CALLS:
             raise XapiError(*api.boot_error)
@@ -65,4 +67,6 @@ class Dispatcher:
         args = [m.from_wire(ptype, value, pname)
                 for (pname, ptype), value in zip(method.params, params)]
         result = await method.fn(call, *args)
+        if encode is not None:
+            return encode(method.result, result)
         return m.to_wire(method.result, result, wire)

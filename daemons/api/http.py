@@ -10,6 +10,11 @@ Chunked request bodies are not taken (501): XenAPI clients send Content-Length. 
 may be TLS (the management interface): its handshake is bounded by the header timeout too.
 A response body is bytes, or a stream (an async iterator of bytes, with its length known
 beforehand) for large bodies such as the database dump.
+
+Each connection is an asyncio Protocol (_Connection) buffering what arrives, and one task
+serving its requests in turn: a request already buffered is taken without waiting, and a wait
+(for the first byte, the rest of the head or the body) is one future with one timer: about
+50 us of CPU less per request than asyncio streams with a timeout per read.
 """
 
 import asyncio
@@ -128,6 +133,83 @@ def parse_head(head):
     return method, target, version, headers
 
 
+class _Connection(asyncio.streams.FlowControlMixin, asyncio.Protocol):
+    """One connection: what arrives is buffered in ``buf``; the serving task waits with
+    ``wait_data``. Reading pauses while the buffer holds more than two heads' worth and nobody
+    waits for it (pipelined requests behind a slow handler); a StreamWriter writes (drain)."""
+
+    def __init__(self, server, transport_kind, listener):
+        super().__init__()
+        self.server, self.kind, self.listener = server, transport_kind, listener
+        self.buf = bytearray()
+        self.eof = False
+        self.transport = None
+        self.task = None             # the task serving the connection (kept referenced)
+        self._waiter = None
+        self._reading_paused = False
+        self._over_ssl = False
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self._over_ssl = transport.get_extra_info("sslcontext") is not None
+        writer = asyncio.StreamWriter(transport, self, None, self._loop)
+        self.task = self._loop.create_task(self.server._serve(self, writer, self.kind,
+                                                              self.listener))
+
+    def data_received(self, data):
+        self.buf += data
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        elif len(self.buf) > 2 * MAX_HEADER_BYTES and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self):
+        self.eof = True
+        self._wake()
+        return not self._over_ssl     # keep the transport open to answer (as streams do)
+
+    def connection_lost(self, exc):
+        super().connection_lost(exc)
+        self.eof = True
+        self.task = None
+        self._wake()
+
+    def _wake(self):
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait_data(self, timeout_s):
+        """Wait for more bytes or the end of the stream, at most ``timeout_s``
+        (TimeoutError)."""
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        waiter = self._loop.create_future()
+        self._waiter = waiter
+        timer = self._loop.call_later(timeout_s, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            if self._waiter is waiter:
+                self._waiter = None
+
+    def take(self, n):
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        return data
+
+
+def _expire(waiter):
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
 class HttpServer:
     """Serves ``handler(request) -> Response`` (a coroutine) on any number of listeners."""
 
@@ -148,9 +230,8 @@ class HttpServer:
             pass
         old = os.umask(0o077)
         try:
-            server = await asyncio.start_unix_server(
-                lambda r, w: self._serve(r, w, "unix", name), path=path,
-                limit=MAX_HEADER_BYTES)
+            server = await asyncio.get_running_loop().create_unix_server(
+                lambda: _Connection(self, "unix", name), path=path)
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
@@ -159,9 +240,9 @@ class HttpServer:
 
     async def listen_tcp(self, name, host, port, ssl_context=None):
         """Serve on host:port; with ``ssl_context``, TLS (https)."""
-        server = await asyncio.start_server(
-            lambda r, w: self._serve(r, w, "tcp", name), host=host, port=port,
-            reuse_address=True, limit=MAX_HEADER_BYTES, ssl=ssl_context,
+        server = await asyncio.get_running_loop().create_server(
+            lambda: _Connection(self, "tcp", name), host=host, port=port,
+            reuse_address=True, ssl=ssl_context,
             ssl_handshake_timeout=self.limits.header_timeout_s if ssl_context else None)
         sock_host, sock_port = server.sockets[0].getsockname()[:2]
         if ":" in sock_host:
@@ -189,7 +270,7 @@ class HttpServer:
         self.listeners.clear()
 
     # -- one connection --------------------------------------------------------------------------
-    async def _serve(self, reader, writer, transport, listener):
+    async def _serve(self, conn, writer, transport, listener):
         self.stats["connections"] += 1
         if len(self._connections) >= self.limits.max_connections:
             self.stats["refused"] += 1
@@ -202,7 +283,7 @@ class HttpServer:
         peer = "unix" if transport == "unix" else f"{peer[0]}:{peer[1]}" if peer else "?"
         try:
             while True:
-                response, keep_alive = await self._one_request(reader, writer, transport, peer,
+                response, keep_alive = await self._one_request(conn, writer, transport, peer,
                                                                listener)
                 if response is None:
                     break
@@ -212,7 +293,7 @@ class HttpServer:
                 await _drain(writer, WRITE_TIMEOUT_S)
                 if not keep_alive:
                     break
-        except (ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.TimeoutError):
             pass
         except asyncio.CancelledError:
             raise
@@ -250,35 +331,48 @@ class HttpServer:
         finally:
             writer.close()
 
-    async def _one_request(self, reader, writer, transport, peer, listener):
+    async def _one_request(self, conn, writer, transport, peer, listener):
         """-> (response, keep-alive) or (None, False) when the client went away."""
         limits = self.limits
+        buf = conn.buf
+        if not buf:
+            if conn.eof:
+                return None, False
+            try:
+                await conn.wait_data(limits.keepalive_timeout_s)
+            except TimeoutError:
+                return None, False
+            if not buf:
+                return None, False
+        # the head ends at the first blank line after its first byte, within the header
+        # timeout of that byte
+        deadline = None
+        while (end := buf.find(b"\r\n\r\n", 1)) < 0 or end - 1 > MAX_HEADER_BYTES:
+            if len(buf) - 4 > MAX_HEADER_BYTES:
+                self.stats["bad_requests"] += 1
+                return _error_response(431, f"request head over {MAX_HEADER_BYTES} bytes"), False
+            if conn.eof:
+                return None, False
+            now = conn._loop.time()
+            deadline = deadline or now + limits.header_timeout_s
+            try:
+                await conn.wait_data(deadline - now)
+            except TimeoutError:
+                self.stats["header_timeouts"] += 1
+                log.info("HTTP %s: headers not complete within %g s; closing", peer,
+                         limits.header_timeout_s)
+                return _error_response(408, "request headers too slow"), False
+        head = conn.take(end + 4)
         try:
-            async with asyncio.timeout(limits.keepalive_timeout_s):
-                first = await reader.readexactly(1)
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
-            return None, False
-        try:
-            async with asyncio.timeout(limits.header_timeout_s):
-                rest = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.TimeoutError:
-            self.stats["header_timeouts"] += 1
-            log.info("HTTP %s: headers not complete within %g s; closing", peer,
-                     limits.header_timeout_s)
-            return _error_response(408, "request headers too slow"), False
-        except asyncio.LimitOverrunError:
-            self.stats["bad_requests"] += 1
-            return _error_response(431, f"request head over {MAX_HEADER_BYTES} bytes"), False
-        except asyncio.IncompleteReadError:
-            return None, False
-        try:
-            method, target, version, headers = parse_head(first + rest)
-            body = await self._read_body(reader, writer, method, headers, peer)
+            method, target, version, headers = parse_head(head)
+            body = await self._read_body(conn, writer, method, headers, peer)
         except BadRequest as exc:
             self.stats["bad_requests"] += 1
             if exc.status == 413:
                 self.stats["body_too_large"] += 1
             return _error_response(exc.status, exc.reason), False
+        if body is None:
+            return None, False
         connection = headers.get("connection", "").lower()
         keep_alive = ((version == "HTTP/1.1" and "close" not in connection)
                       or (version == "HTTP/1.0" and "keep-alive" in connection))
@@ -296,7 +390,8 @@ class HttpServer:
             response = _error_response(500, "internal error (see the xapi-api log)")
         return response, keep_alive and not response.close
 
-    async def _read_body(self, reader, writer, method, headers, peer):
+    async def _read_body(self, conn, writer, method, headers, peer):
+        """The body (bytes), or None when the client went away before sending it all."""
         if "transfer-encoding" in headers:
             raise BadRequest(501, "chunked request bodies are not supported: send "
                                   "Content-Length")
@@ -315,9 +410,15 @@ class HttpServer:
                                   f"{self.limits.max_body_bytes}")
         if headers.get("expect", "").lower() == "100-continue":
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        try:
-            async with asyncio.timeout(self.limits.header_timeout_s):
-                return await reader.readexactly(length)
-        except asyncio.TimeoutError:
-            self.stats["header_timeouts"] += 1
-            raise BadRequest(408, "request body too slow") from None
+        deadline = None
+        while len(conn.buf) < length:
+            if conn.eof:
+                return None
+            now = conn._loop.time()
+            deadline = deadline or now + self.limits.header_timeout_s
+            try:
+                await conn.wait_data(deadline - now)
+            except TimeoutError:
+                self.stats["header_timeouts"] += 1
+                raise BadRequest(408, "request body too slow") from None
+        return conn.take(length)

@@ -15,6 +15,7 @@ from common.daemon import Daemon
 from common.errors import XapiError
 from common.rpc import AsyncRpcClient
 from daemons.api import jsonrpc_wire, xmlrpc_wire
+from daemons.api.dbclient import DbClient
 from daemons.api import marshal as m
 from daemons.api.dispatch import Dispatcher
 from daemons.api.events import Events
@@ -30,26 +31,7 @@ BOOT_STATES = ("booting", "ready", "emergency")
 LISTENERS = ("unix", "localhost", "management")
 XMLRPC_PATHS = ("/", "/RPC2")
 JSONRPC_PATH = "/jsonrpc"
-DB_TIMEOUT_S = 10.0
 ADDRESS_LOOKUP_TIMEOUT_S = 2.0
-
-
-class DbClient:
-    """xapi-db over the bus; reads are retried once within their budget."""
-
-    READS = frozenset(("db.read_refs", "db.read_field", "db.read_record", "db.get_by_uuid",
-                       "db.get_by_name_label", "db.read_records_where", "db.token",
-                       "db.touch_session", "message.get_all_records", "message.get_since"))
-
-    def __init__(self, endpoint):
-        self.client = AsyncRpcClient(endpoint, timeout_s=DB_TIMEOUT_S)
-
-    async def call(self, method, *args, timeout_s=None):
-        retries = 1 if method in self.READS else 0
-        return await self.client.call(method, *args, timeout_s=timeout_s, retries=retries)
-
-    def close(self):
-        self.client.close()
 
 
 class ApiDaemon(Daemon):
@@ -242,9 +224,10 @@ class ApiDaemon(Daemon):
         except xmlrpc_wire.WireError as exc:
             self.log.info("XML-RPC from %s: %s", request.peer, exc)
             return Response(500, f"{exc}\n".encode(), close=True)
-        ok, value = await self.dispatcher.dispatch(name, params, request.transport, m.XML)
+        ok, value = await self.dispatcher.dispatch(name, params, request.transport, m.XML,
+                                                   xmlrpc_wire.success_typed)
         try:
-            body = xmlrpc_wire.success(value) if ok else xmlrpc_wire.failure(value)
+            body = value if ok else xmlrpc_wire.failure(value)
         except (TypeError, ValueError, OverflowError) as exc:
             self.log.error("%s: reply not encodable: %s", name, exc)
             body = xmlrpc_wire.failure(["INTERNAL_ERROR", f"{name}: reply not encodable"])

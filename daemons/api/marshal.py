@@ -131,7 +131,7 @@ def event_to_wire(event, wire):
 _RECORD_FIELDS = {}     # class name -> ((field, wire type, default), ...): made once per class
 
 
-def _record_fields(cls_name):
+def record_fields(cls_name):
     fields = _RECORD_FIELDS.get(cls_name)
     if fields is None:
         cls = schema.get_class(cls_name)
@@ -144,7 +144,7 @@ def record_to_wire(cls_name, values, wire):
     """A record of the schema class ``cls_name``: every field the schema knows, in its order."""
     get = values.get
     return {name: to_wire(ftype, get(name, default), wire)
-            for name, ftype, default in _record_fields(cls_name)}
+            for name, ftype, default in record_fields(cls_name)}
 
 
 # -- from the wire -------------------------------------------------------------------------------

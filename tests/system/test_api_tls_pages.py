@@ -112,7 +112,9 @@ def test_the_management_interface_serves_the_sdk_over_tls(tree):
 
 def test_the_status_page_shows_every_daemon(tree):
     # right after `up` the last daemons may still be inside supervisord's startsecs (STARTING)
-    status = tree.wait_status(all_ready, 30, "every program ready")
+    status = tree.wait_status(
+        lambda s: all_ready(s) and all(d["state"] == "RUNNING" for d in s["daemons"]), 30,
+        "every program ready and RUNNING")
     for where in ("unix", "localhost"):          # open to a local operator
         code, headers, body = get(tree, where, "/status")
         assert code == 200 and headers["Content-Type"].startswith("text/html"), (code, body)

@@ -84,6 +84,43 @@ def test_tcp_listener_on_loopback():
     run(main())
 
 
+def test_pipelined_split_and_half_closed_requests(sock_dir):
+    """Requests sent together are answered in order; one cut anywhere is put back together;
+    a client that half-closes after its request still gets the answer; requests piled up past
+    the read buffer while the handler is slow (reading paused) are all answered."""
+    async def slow_echo(request):
+        if request.path == "/slow":
+            await asyncio.sleep(0.2)
+        return await echo(request)
+
+    async def main():
+        server = HttpServer(slow_echo, limits(max_body_bytes=100000))
+        path = await server.listen_unix("unix", os.path.join(sock_dir, "api"))
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(post("/a", b"1") + post("/b", b"22") + b"\r\n" + post("/c", b""))
+        for expected in (b"POST /a 1 unix", b"POST /b 2 unix", b"POST /c 0 unix"):
+            assert (await read_response(reader))[2] == expected
+        whole = post("/d", b"x" * 50)
+        for cut in (1, 20, len(whole) - 10):
+            writer.write(whole[:cut])
+            await writer.drain()
+            await asyncio.sleep(0.02)
+            writer.write(whole[cut:])
+            assert (await read_response(reader))[2] == b"POST /d 50 unix"
+        piled = [post("/slow", b"")] + [post(f"/p{i}", b"y" * 90000) for i in range(4)]
+        writer.write(b"".join(piled))
+        assert (await read_response(reader))[2] == b"POST /slow 0 unix"
+        for i in range(4):
+            assert (await read_response(reader))[2] == b"POST /p%d 90000 unix" % i
+        writer.write(post("/e", b"abc"))
+        writer.write_eof()
+        assert (await read_response(reader))[2] == b"POST /e 3 unix"
+        assert await reader.read() == b""
+        writer.close()
+        await server.close()
+    run(main())
+
+
 @pytest.mark.parametrize("request_bytes,status", [
     (post("/", b"x" * 1001), 413),
     (b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n", 413),
