@@ -10,6 +10,7 @@ has passed). Datetimes travel as msgpack Timestamps in UTC.
 """
 
 import datetime
+import threading
 
 import msgpack
 
@@ -30,8 +31,19 @@ def _default(obj):
     raise TypeError(f"cannot send a value of type {type(obj).__name__} on the bus")
 
 
+_local = threading.local()
+
+
 def pack(value):
-    return msgpack.packb(value, use_bin_type=True, default=_default, datetime=False)
+    # One Packer per thread, kept: msgpack.packb builds a Packer (and its buffer) on every
+    # call, several times the cost of packing a small message. A Packer is not thread-safe,
+    # hence one per thread; it resets its buffer after each message, or on an error.
+    try:
+        packer = _local.packer
+    except AttributeError:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True, default=_default,
+                                                datetime=False)
+    return packer.pack(value)
 
 
 def unpack(frame):

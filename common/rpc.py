@@ -20,6 +20,28 @@ DEFAULT_TIMEOUT_S = 10.0
 
 RECONNECT_IVL_MS = 10       # a restarted daemon is found again within 10 ms, not ZeroMQ's 100
 
+# Plain ints for the per-message calls: pyzmq's enum constants cost an enum construction on
+# every ``&`` / ``|`` and its sugar methods (recv_multipart...) add more; on the read path of
+# a busy daemon that was a good part of the Python time per call.
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_RCVTIMEO = int(zmq.RCVTIMEO)
+# Results that are surely not awaitable, told without inspect.isawaitable's isinstance checks.
+_PLAIN_RESULTS = frozenset((type(None), bool, int, float, str, bytes, list, dict, tuple))
+
+
+def _recv_frames(sock, flags):
+    """The frames of one message, as bytes: recv_multipart without the sugar layer, told the
+    end of the message by each Frame's ``more`` (no getsockopt per frame)."""
+    frame = sock.recv(flags, copy=False)
+    frames = [frame.bytes]
+    while frame.more:
+        frame = sock.recv(flags, copy=False)
+        frames.append(frame.bytes)
+    return frames
+
 
 def _set_common_options(sock, linger_ms):
     sock.setsockopt(zmq.LINGER, linger_ms)
@@ -47,7 +69,8 @@ class RpcServer:
         self._sock = None
         self._loop = None
         self._fd = None
-        self._tasks = set()
+        self._tasks = set()           # tasks and futures of calls in flight
+        self._recheck_pending = False
 
     def register(self, name, fn):
         self.methods[name] = fn
@@ -84,9 +107,9 @@ class RpcServer:
             if sock is None or self._sock is None:
                 return
             try:
-                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                if not sock.get(_EVENTS) & _POLLIN:
                     return
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = _recv_frames(sock, _NOBLOCK)
             except zmq.Again:
                 return
             except zmq.ZMQError as exc:
@@ -111,14 +134,23 @@ class RpcServer:
         except Exception as exc:
             self._send(identity, self._error_reply(req_id, method, fn, args, kwargs, exc))
             return
-        if not inspect.isawaitable(result):
+        if type(result) in _PLAIN_RESULTS or not inspect.isawaitable(result):
             self._send(identity, protocol.reply_ok(req_id, result))
             return
         if len(self._tasks) >= self.max_concurrent:
             if inspect.iscoroutine(result):
                 result.close()
+            elif asyncio.isfuture(result):
+                result.cancel()
             self._send(identity, protocol.reply_error(
                 req_id, ["SERVER_BUSY", method, str(self.max_concurrent)]))
+            return
+        if asyncio.isfuture(result) and result.get_loop() is self._loop:
+            # A method that hands back a future (xapi-db's writes): answered from the
+            # future's done callback, without a task and a coroutine per call.
+            self._tasks.add(result)
+            result.add_done_callback(
+                lambda done: self._future_done(identity, req_id, method, fn, args, kwargs, done))
             return
         task = self._loop.create_task(
             self._finish(identity, req_id, method, fn, args, kwargs, result))
@@ -160,8 +192,32 @@ class RpcServer:
         except Exception as exc:
             reply = self._error_reply(req_id, method, fn, args, kwargs, exc)
         self._send(identity, reply)
-        # A send can consume the FD's edge: look for requests that came meanwhile.
-        self._loop.call_soon(self._on_readable)
+        self._recheck()
+
+    def _future_done(self, identity, req_id, method, fn, args, kwargs, future):
+        """The reply to a call whose method returned a future (as ``_finish`` for a task); a
+        cancelled one gets none, like a cancelled task."""
+        self._tasks.discard(future)
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is None:
+            reply = protocol.reply_ok(req_id, future.result())
+        else:
+            reply = self._error_reply(req_id, method, fn, args, kwargs, exc)
+        self._send(identity, reply)
+        self._recheck()
+
+    def _recheck(self):
+        """A send can consume the FD's edge: look for requests that came meanwhile (once per
+        loop turn, however many replies went out in it)."""
+        if not self._recheck_pending and self._fd is not None:
+            self._recheck_pending = True
+            self._loop.call_soon(self._recheck_now)
+
+    def _recheck_now(self):
+        self._recheck_pending = False
+        self._on_readable()
 
     def _error_reply(self, req_id, method, fn, args, kwargs, exc):
         if isinstance(exc, XapiError):
@@ -184,7 +240,8 @@ class RpcServer:
         if self._sock is None:
             return
         try:
-            self._sock.send_multipart([identity, data], zmq.NOBLOCK)
+            self._sock.send(identity, _NOBLOCK | _SNDMORE)
+            self._sock.send(data, _NOBLOCK)
         except zmq.ZMQError as exc:      # the peer is gone or its queue is full
             self.errors["dropped_replies"] += 1
             log.warning("rpc %s: reply dropped: %s", self.endpoint, exc)
@@ -314,13 +371,13 @@ class RpcClient:
             # With IMMEDIATE a DEALER has no pipe until the peer is there, and a plain send
             # would block for ever (a server that never binds): wait for it within the budget.
             try:
-                self._sock.send(data, zmq.NOBLOCK)
+                self._sock.send(data, _NOBLOCK)
             except zmq.Again:
                 if not self._sock.poll(max(0, int(per_try_s * 1000)), zmq.POLLOUT):
                     self.close()
                     continue
                 try:
-                    self._sock.send(data, zmq.NOBLOCK)
+                    self._sock.send(data, _NOBLOCK)
                 except zmq.Again:
                     self.close()
                     continue
@@ -328,9 +385,9 @@ class RpcClient:
                 left_ms = int((deadline - time.time()) * 1000)
                 if left_ms <= 0:
                     break
-                self._sock.setsockopt(zmq.RCVTIMEO, left_ms)   # a blocking receive, bounded
+                self._sock.set(_RCVTIMEO, left_ms)   # a blocking receive, bounded
                 try:
-                    frames = self._sock.recv_multipart()
+                    frames = _recv_frames(self._sock, 0)
                 except zmq.Again:
                     break
                 reply = protocol.unpack(frames[-1])

@@ -21,8 +21,8 @@ def register(daemon, engine):
         daemon.register(name, fn)
 
     def writer(op):
-        async def call(*args):
-            return await engine.write(lambda txn: op(txn, *args))
+        def call(*args):      # a future, answered when the write is durable and visible
+            return engine.write_future(lambda txn: op(txn, *args))
         call.__signature__ = _without_txn(op)
         return call
 

@@ -248,6 +248,29 @@ class Store:
         """A row read from state.db, with its stamps; no generation bump."""
         self._add(cls_name, ref, values, None, extra=extra, stamps=(created, modified))
 
+    def load_rows(self, cls_name, rows):
+        """Many rows read from state.db, each ``(ref, values, created, modified, extra)``, as
+        :meth:`load_row` would add them one by one (a ref given twice: the later row), with
+        the derived sets filled in one pass at the end. Returns the number of rows given."""
+        table_rows = self.tables[cls_name].rows
+        by_ref, by_uuid = self.by_ref, self.by_uuid
+        added = {}
+        for ref, values, created, modified, extra in rows:
+            row = added[ref] = table_rows[ref] = Row(ref, values, created, modified, extra)
+            by_ref[ref] = cls_name
+            uuid = values.get("uuid")
+            if uuid:
+                by_uuid[uuid] = (cls_name, ref)
+        for (_other_class, other_field), index in self._links_from(cls_name):
+            for ref, row in added.items():
+                target = row.values.get(other_field)
+                if target and target != "OpaqueRef:NULL":
+                    members = index.get(target)
+                    if members is None:
+                        members = index[target] = set()
+                    members.add(ref)
+        return len(rows)
+
     def counts(self):
         return {name: len(table.rows) for name, table in self.tables.items()}
 

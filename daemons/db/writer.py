@@ -62,10 +62,15 @@ class Writer:
 
     async def submit(self, fn):
         """Run ``fn(txn)`` in the next round; returns its result once durable and visible."""
+        return await self.submit_future(fn)
+
+    def submit_future(self, fn):
+        """As :meth:`submit`, handing back the future itself (the RPC front answers from its
+        done callback, without a task per write)."""
         future = asyncio.get_running_loop().create_future()
         self._queue.append((fn, future))
         self._wake.set()
-        return await future
+        return future
 
     async def _run(self):
         while not self._stopping:

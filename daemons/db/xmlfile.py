@@ -47,6 +47,7 @@ from common.fileutil import atomic_write
 __all__ = [
     "RawDatabase", "DbFileError", "parse", "render", "render_gz", "encode_attr", "decode_attr",
     "read_file", "write_file", "read_generation", "generation_path", "xapi_row",
+    "decode_values",
 ]
 
 SCHEMA_MAJOR = "schema_major_vsn"
@@ -127,6 +128,16 @@ def decode_attr(raw: str) -> str:
     return _unprotect_part(raw)
 
 
+def decode_values(values: list) -> list:
+    """:func:`decode_attr` of every string in ``values`` (attribute values from expat), in
+    a few C-level passes: the values are joined by NUL, which XML cannot carry, so no escape
+    spans two values and each one decodes exactly as on its own."""
+    joined = "\x00".join(values)
+    if "%" not in joined:
+        return values
+    return decode_attr(joined).split("\x00")
+
+
 # -- XML escaping (Xmlm's out_data) ------------------------------------------------------------
 
 # Characters XML 1.0 cannot carry. Xmlm writes U+FFFD for the C0 controls; we do the same for
@@ -181,12 +192,14 @@ class _Reader:
     """Expat callbacks building the RawDatabase; checks the element structure like xapi's
     ``Db_xml.From`` (database > manifest > pair, database > table > row)."""
 
-    def __init__(self, parser):
+    def __init__(self, parser, sink_for=None):
         self.parser = parser
+        self.sink_for = sink_for
         self.stack = []
         self.tables = {}
         self.manifest = []
         self.rows = None
+        self.raw_rows = False     # rows go to a sink with their column values still escaped
         self.table_name = None
 
     def fail(self, message):
@@ -195,17 +208,28 @@ class _Reader:
                               f"{message}")
 
     def start(self, name, attrs):
+        # attrs: expat's ordered_attributes form, [name, value, name, value, ...]
         stack = self.stack
         if name == "row":
             if not stack or stack[-1] != "table":
                 self.fail(self._misplaced(name))
-            if "ref" not in attrs:
+            if not attrs or (attrs[0] != "ref" and "ref" not in attrs[0::2]):
                 self.fail(f"row without a ref attribute in table {self.table_name!r}")
+            if self.raw_rows:
+                self.rows.append(attrs)
+                stack.append(name)
+                return
+            pairs = iter(attrs)
+            attrs = dict(zip(pairs, pairs))
             for key, value in attrs.items():
                 if "%" in value and key not in _PLAIN_ROW_ATTRS:
                     attrs[key] = decode_attr(value)
             self.rows.append(attrs)
-        elif name == "pair":
+            stack.append(name)
+            return
+        pairs = iter(attrs)
+        attrs = dict(zip(pairs, pairs))
+        if name == "pair":
             if not stack or stack[-1] != "manifest":
                 self.fail(self._misplaced(name))
             if len(attrs) != 2 or "key" not in attrs or "value" not in attrs:
@@ -217,7 +241,9 @@ class _Reader:
             if len(attrs) != 1 or "name" not in attrs:
                 self.fail("a table needs exactly the attribute name")
             self.table_name = attrs["name"]
-            self.rows = []
+            sink = self.sink_for(self.table_name) if self.sink_for is not None else None
+            self.raw_rows = sink is not None
+            self.rows = sink if sink is not None else []
             # xapi: TableSet.add, a table given twice keeps the later one.
             self.tables.pop(self.table_name, None)
             self.tables[self.table_name] = self.rows
@@ -243,8 +269,15 @@ class _StructureError(Exception):
     pass
 
 
-def parse(data: bytes, source: str = "<state.db>") -> RawDatabase:
-    """Parse a state.db (plain or gzip, told by the magic bytes) into strings."""
+def parse(data: bytes, source: str = "<state.db>", sink_for=None) -> RawDatabase:
+    """Parse a state.db (plain or gzip, told by the magic bytes) into strings.
+
+    ``sink_for(table_name)``, if given, may return a list-like object for a table: its
+    ``append`` then receives each row's attributes as a flat list ``[name, value, ...]`` in
+    file order, the column values still %-escaped (:func:`decode_attr` undoes them), and it
+    stands as the table's rows in the result. This lets a loader convert rows while expat
+    reads them, without a second pass over a list of decoded dicts. A table given twice asks
+    again (xapi keeps the later one)."""
     source = str(source)
     if data[:2] == GZIP_MAGIC:
         try:
@@ -253,7 +286,8 @@ def parse(data: bytes, source: str = "<state.db>") -> RawDatabase:
         except (EOFError, OSError, zlib.error) as e:
             raise DbFileError(source, f"bad gzip data: {e}") from None
     parser = expat.ParserCreate()
-    reader = _Reader(parser)
+    parser.ordered_attributes = True     # a list per element: cheaper than a dict
+    reader = _Reader(parser, sink_for)
     parser.StartElementHandler = reader.start
     parser.EndElementHandler = reader.end
     parser.buffer_text = True

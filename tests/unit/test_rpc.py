@@ -490,3 +490,76 @@ def test_a_request_with_no_deadline_is_executed(endpoint):
             assert await recv_reply(sock) == {"id": 3, "ok": True, "r": None}
             assert effects == ["x"]
     run(main())
+
+
+# -- methods that hand back a future (xapi-db's writes) --------------------------------------
+
+def test_a_method_returning_a_future_is_answered_when_it_resolves(endpoint):
+    pending = []
+
+    def later(value):
+        future = asyncio.get_running_loop().create_future()
+        pending.append((future, value))
+        return future
+
+    async def main():
+        async with serving(endpoint, {"t.later": later}) as server, \
+                async_client(endpoint) as client:
+            calls = [asyncio.ensure_future(client.call("t.later", i)) for i in range(3)]
+            await wait_until(lambda: len(pending) == 3, what="three calls in flight")
+            assert not any(call.done() for call in calls) and len(server._tasks) == 3
+            pending[0][0].set_result({"v": pending[0][1]})
+            pending[1][0].set_exception(XapiError("DB_WRITE_FAILED", "disk full"))
+            pending[2][0].set_exception(RuntimeError("bug"))
+            assert await calls[0] == {"v": 0}
+            with pytest.raises(XapiError) as info:
+                await calls[1]
+            assert info.value.description == ["DB_WRITE_FAILED", "disk full"]
+            with pytest.raises(XapiError) as info:
+                await calls[2]
+            assert info.value.code == "INTERNAL_ERROR" and "bug" in info.value.params[0]
+            assert not server._tasks
+    run(main())
+
+
+def test_a_cancelled_future_gets_no_reply_and_close_cancels_those_in_flight(endpoint):
+    pending = []
+
+    def later():
+        future = asyncio.get_running_loop().create_future()
+        pending.append(future)
+        return future
+
+    async def main():
+        server = RpcServer(endpoint)
+        server.register("t.later", later)
+        server.start()
+        async with async_client(endpoint, timeout_s=0.3) as client:
+            call = asyncio.ensure_future(client.call("t.later"))
+            await wait_until(lambda: len(pending) == 1, what="the call in flight")
+            pending[0].cancel()
+            with pytest.raises(RpcTimeout):
+                await call
+            asyncio.ensure_future(client.call("t.later"))
+            await wait_until(lambda: len(pending) == 2, what="the second call in flight")
+            await server.close()
+            assert pending[1].cancelled() and not server._tasks
+    run(main())
+
+
+def test_pack_from_many_threads_at_once_keeps_each_message_whole():
+    def worker(i, out):
+        for n in range(300):
+            value = {"id": i, "n": n, "s": "x" * (i * 50 + n % 7), "l": list(range(i))}
+            out.append(protocol.unpack(protocol.pack(value)) == value)
+
+    results = []
+    threads = [threading.Thread(target=worker, args=(i, results)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 8 * 300 and all(results)
+    with pytest.raises(TypeError):
+        protocol.pack({"bad": object()})
+    assert protocol.unpack(protocol.pack({"ok": 1})) == {"ok": 1}   # the packer was reset
