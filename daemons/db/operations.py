@@ -12,6 +12,7 @@ from common.errors import XapiError
 from daemons.db.filters import compile_filter
 
 NULL_REF = "OpaqueRef:NULL"
+_CLASSES = schema.CLASSES
 STRUCTURED_OPS = ("add_set", "remove_set", "add_map", "remove_map")
 
 
@@ -81,9 +82,14 @@ class Operations:
         return list(self.store.tables[self.cls(cls_name).name].rows)
 
     def read_field(self, cls_name, ref, field_name):
-        cls = self.cls(cls_name)
-        field = self.field(cls, field_name)
-        row = self.row(cls, ref)
+        try:    # the common case in one go; anything amiss takes the checked path below
+            cls = _CLASSES[cls_name]
+            field = cls.fields[field_name]
+            row = self.store.tables[cls_name].rows[ref]
+        except (KeyError, TypeError):
+            cls = self.cls(cls_name)
+            field = self.field(cls, field_name)
+            row = self.row(cls, ref)
         if field.derived:
             return self.store.derived_value(cls, field, ref)
         return row.values.get(field_name, field.default)

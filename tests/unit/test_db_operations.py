@@ -284,6 +284,9 @@ def test_read_field_and_read_record(env):
                           ["DB_UNKNOWN_FIELD", "VM", "nope"])
         expect_read_error(lambda: ops.read_field("Nope", r["vm1"], "name_label"),
                           ["DB_UNKNOWN_FIELD", "Nope"], prefix=True)
+        for bad_ref in (42, None, ["x"]):      # not a string, or not even hashable
+            expect_read_error(lambda: ops.read_field("VM", bad_ref, "name_label"),
+                              ["HANDLE_INVALID", "VM", str(bad_ref)])
         expect_read_error(lambda: ops.read_record("Nope", r["vm1"]),
                           ["DB_UNKNOWN_FIELD", "Nope"], prefix=True)
         # batched reads carry errors as error lists

@@ -318,6 +318,31 @@ def test_blocking_client_timeout_raises_rpc_timeout_naming_endpoint_and_method(e
     run(main())
 
 
+def test_blocking_client_keeps_each_calls_own_budget_across_calls(endpoint):
+    """The receive timeout is kept between calls: a short call after long ones still times
+    out in its own budget, and a long call after short ones is not cut short."""
+    async def never():
+        await asyncio.sleep(30)
+
+    async def late():
+        await asyncio.sleep(0.4)
+        return "late"
+
+    async def main():
+        async with serving(endpoint, {"t.never": never, "t.late": late,
+                                      "t.now": lambda: "now"}):
+            with RpcClient(endpoint, timeout_s=10) as client:
+                for _ in range(3):
+                    assert await asyncio.to_thread(client.call, "t.now") == "now"
+                start = time.monotonic()
+                with pytest.raises(RpcTimeout):
+                    await asyncio.to_thread(client.call, "t.never", timeout_s=0.3)
+                assert 0.25 <= time.monotonic() - start < 2.0
+                assert await asyncio.to_thread(client.call, "t.now", timeout_s=0.05) == "now"
+                assert await asyncio.to_thread(client.call, "t.late", timeout_s=5) == "late"
+    run(main())
+
+
 def test_async_client_retries_with_no_server_time_out_within_the_overall_budget(endpoint):
     async def main():
         async with async_client(endpoint) as client:
