@@ -11,7 +11,7 @@ import logging
 import time
 
 from common.daemon import current_task
-from common.errors import XapiError
+from common.errors import RpcTimeout, XapiError
 from daemons.periodic.schedule import Schedule, check_spec
 
 log = logging.getLogger("xapi-periodic")
@@ -135,11 +135,14 @@ class Scheduler:
             if call in done:
                 exc = (asyncio.CancelledError("the call was cancelled") if call.cancelled()
                        else call.exception())
-                error = None if exc is None else describe_error(exc)
+                # the bus client's own deadline is the job's: whichever timer fires first,
+                # the operator reads the same verdict
+                error = (None if exc is None else
+                         _timeout_error(job, timeout_s) if isinstance(exc, RpcTimeout) else
+                         describe_error(exc))
             else:
                 call.cancel()
-                error = (f"PERIODIC_JOB_TIMEOUT: no answer from {job.target} to {job.method} "
-                         f"within {timeout_s:g} s ({job.target} down or busy)")
+                error = _timeout_error(job, timeout_s)
         except asyncio.CancelledError:
             call.cancel()
             self._finish_waiters(job, None, "PERIODIC_JOB_CANCELLED: deregistered or replaced")
@@ -185,3 +188,8 @@ class Scheduler:
             entry["effective_timeout_s"] = self.job_timeout(job)
             out.append(entry)
         return out
+
+
+def _timeout_error(job, timeout_s):
+    return (f"PERIODIC_JOB_TIMEOUT: no answer from {job.target} to {job.method} "
+            f"within {timeout_s:g} s ({job.target} down or busy)")
