@@ -124,7 +124,7 @@ def ensure_certificate(path, hostname, addresses):
 
 
 class _EncryptedKey(Exception):
-    pass
+    """The key file needs a passphrase."""
 
 
 def _no_passphrase():

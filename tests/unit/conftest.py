@@ -1,5 +1,8 @@
 """Fixtures shared by the unit tests."""
 
+import shutil
+import tempfile
+
 import pytest
 
 from db_harness import Env
@@ -11,3 +14,13 @@ def env():
     env = Env()
     yield env
     env.close()
+
+
+@pytest.fixture
+def endpoint():
+    """An ipc:// endpoint in a short temp dir (socket paths must stay under 107 bytes)."""
+    tmp = tempfile.mkdtemp(prefix="x", dir="/tmp")
+    try:
+        yield f"ipc://{tmp}/t.rpc"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -3,23 +3,12 @@ in a short temp dir: results and errors, concurrent calls matched by id, a serve
 late, a lost reply (a read is sent again, a write is not), the deadline, and close."""
 
 import asyncio
-import shutil
-import tempfile
 
 import pytest
 
 from common.errors import RpcTimeout, XapiError
 from common.rpc import RpcServer
 from daemons.api.dbclient import DbClient
-
-
-@pytest.fixture
-def endpoint():
-    tmp = tempfile.mkdtemp(prefix="x", dir="/tmp")
-    try:
-        yield f"ipc://{tmp}/db.rpc"
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run(coro):

@@ -33,7 +33,7 @@ def expected_rows(raw_rows):
                 try:
                     values[field.name] = schema.from_string(field, text)
                 except ValueError:
-                    pass
+                    continue     # the default stays, as the engine's load does (with a warning)
             elif column not in persist.ROW_META:
                 extra[column] = text
         created = persist._int(attrs.get("__ctime"))

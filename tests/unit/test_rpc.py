@@ -5,8 +5,6 @@ thread so the server loop keeps serving."""
 import asyncio
 import contextlib
 import random
-import shutil
-import tempfile
 import threading
 import time
 
@@ -17,15 +15,6 @@ import zmq.asyncio
 from common import protocol
 from common.errors import RpcTimeout, StepFailed, XapiError
 from common.rpc import AsyncRpcClient, RpcClient, RpcServer
-
-
-@pytest.fixture
-def endpoint():
-    tmp = tempfile.mkdtemp(prefix="x", dir="/tmp")
-    try:
-        yield f"ipc://{tmp}/t.rpc"
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.asynccontextmanager
