@@ -34,15 +34,21 @@ def _default(obj):
 _local = threading.local()
 
 
+def new_packer():
+    """A Packer with the bus's options. It is not thread-safe: ``pack`` keeps one per thread,
+    and an owner used from one thread only (a socket's server or client) may keep its own and
+    call its ``pack`` directly (no Python frame on the hot path). It resets its buffer after
+    each message, or on an error."""
+    return msgpack.Packer(use_bin_type=True, default=_default, datetime=False)
+
+
 def pack(value):
     # One Packer per thread, kept: msgpack.packb builds a Packer (and its buffer) on every
-    # call, several times the cost of packing a small message. A Packer is not thread-safe,
-    # hence one per thread; it resets its buffer after each message, or on an error.
+    # call, several times the cost of packing a small message.
     try:
         packer = _local.packer
     except AttributeError:
-        packer = _local.packer = msgpack.Packer(use_bin_type=True, default=_default,
-                                                datetime=False)
+        packer = _local.packer = new_packer()
     return packer.pack(value)
 
 

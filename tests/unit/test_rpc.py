@@ -577,3 +577,85 @@ def test_pack_from_many_threads_at_once_keeps_each_message_whole():
     with pytest.raises(TypeError):
         protocol.pack({"bad": object()})
     assert protocol.unpack(protocol.pack({"ok": 1})) == {"ok": 1}   # the packer was reset
+
+
+# -- the server's fast request path and its checked path agree --------------------------------
+
+@pytest.mark.parametrize("request_map, expected", [
+    # the fast path's shape: no keyword arguments, a float deadline
+    ({"v": 1, "id": 21, "m": "t.two", "a": [1, 2], "dl": 4e9}, {"ok": True, "r": [1, 2]}),
+    # the checked path: keyword arguments, an int deadline, no deadline, missing "a"
+    ({"v": 1, "id": 21, "m": "t.two", "a": [1], "kw": {"b": 2}, "dl": 4_000_000_000},
+     {"ok": True, "r": [1, 2]}),
+    ({"v": 1, "id": 21, "m": "t.two", "a": [], "kw": {"a": 1, "b": 2}, "dl": None},
+     {"ok": True, "r": [1, 2]}),
+    ({"v": 1, "id": 21, "m": "t.echo"}, {"ok": True, "r": {"args": [], "kwargs": {}}}),
+    # what the fast path must not let through: True is not version 1, a map is not a list
+    ({"v": True, "id": 21, "m": "t.two", "a": [1, 2], "dl": 4e9},
+     {"ok": False, "e": ["MESSAGE_DECODE_ERROR", "unsupported protocol version True"]}),
+    ({"v": 1, "id": 21, "m": "t.two", "a": {"a": 1}, "dl": 4e9},
+     {"ok": False, "e": ["MESSAGE_DECODE_ERROR", "request arguments are not a list"]}),
+    ({"v": 1, "id": 21, "m": "", "a": [], "dl": 4e9},
+     {"ok": False, "e": ["MESSAGE_DECODE_ERROR", "request has no method name"]}),
+    ({"v": 1, "id": 21, "m": "t.two", "a": [1, 2], "dl": "soon"},
+     {"ok": False, "e": ["MESSAGE_DECODE_ERROR", "request deadline is not a number"]}),
+    ({"v": 1, "id": 21, "m": "t.two", "a": [1, 2], "kw": [], "dl": 4e9},
+     {"ok": False, "e": ["MESSAGE_DECODE_ERROR",
+                         "request keyword arguments are not a map of names"]}),
+])
+def test_requests_on_the_fast_and_the_checked_path_get_the_same_answers(
+        endpoint, request_map, expected):
+    async def main():
+        async with serving(endpoint, BASIC), raw_dealer(endpoint) as sock:
+            await sock.send(protocol.pack(request_map))
+            assert await recv_reply(sock) == {"id": 21, **expected}
+    run(main())
+
+
+def test_a_request_that_is_not_a_map_gets_a_decode_error_without_an_id(endpoint):
+    async def main():
+        async with serving(endpoint, BASIC) as server, raw_dealer(endpoint) as sock:
+            await sock.send(protocol.pack([1, 21, "t.two", [1, 2]]))
+            assert await recv_reply(sock) == {
+                "id": None, "ok": False, "e": ["MESSAGE_DECODE_ERROR", "request is not a map"]}
+            assert server.errors["decode"] == 1
+    run(main())
+
+
+# -- the blocking client takes a reply frame by frame -----------------------------------------
+
+def _answer_once(endpoint, messages_for, ready):
+    """A bare ROUTER that answers one request with the messages ``messages_for(request)``."""
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(endpoint)
+    ready.set()
+    try:
+        if sock.poll(5000):
+            identity, data = sock.recv_multipart()
+            for frames in messages_for(protocol.unpack(data)):
+                sock.send_multipart([identity, *frames])
+            sock.poll(200)      # let the replies leave before the socket closes
+    finally:
+        sock.close(0)
+
+
+@pytest.mark.parametrize("shape", ["stale reply first", "two-part reply", "stray part last"])
+def test_blocking_client_passes_over_frames_that_are_not_its_reply(endpoint, shape):
+    def messages_for(request):
+        good = protocol.pack(protocol.reply_ok(request["id"], "the answer"))
+        stale = protocol.pack(protocol.reply_ok(request["id"] - 1, "an old answer"))
+        return {"stale reply first": [[stale], [good]],
+                "two-part reply": [[stale, good]],
+                "stray part last": [[good, stale]]}[shape]
+
+    ready = threading.Event()
+    server = threading.Thread(target=_answer_once, args=(endpoint, messages_for, ready))
+    server.start()
+    try:
+        assert ready.wait(5)
+        with RpcClient(endpoint, timeout_s=3) as client:
+            assert client.call("t.any") == "the answer"
+    finally:
+        server.join(10)
+    assert not server.is_alive()
