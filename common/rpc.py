@@ -25,7 +25,6 @@ RECONNECT_IVL_MS = 10       # a restarted daemon is found again within 10 ms, no
 # a busy daemon that was a good part of the Python time per call.
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
-_EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _POLLOUT = int(zmq.POLLOUT)
 _RCVTIMEO = int(zmq.RCVTIMEO)
@@ -39,11 +38,12 @@ _VERSION = protocol.PROTOCOL_VERSION
 _NO_KWARGS = {}     # never changed: methods take keyword arguments as **kwargs (a copy)
 
 
-def _has_input(sock):
-    """Whether a message waits on ``sock``. This also re-arms its edge-triggered FD, as a
-    ZMQ_EVENTS read does; zmq_poll with no wait is cheaper than Socket.get here (which
-    builds a SocketOption enum per call)."""
-    return bool(zmq.zmq_poll(((sock, _POLLIN),), 0))
+def _events(sock, wanted):
+    """Which of ``wanted`` (POLLIN, POLLOUT) ``sock`` has now. Asking re-arms the socket's
+    edge-triggered FD, as a ZMQ_EVENTS read does; zmq_poll with no wait is cheaper than
+    Socket.get here (which builds a SocketOption enum per call)."""
+    ready = zmq.zmq_poll(((sock, wanted),), 0)
+    return ready[0][1] if ready else 0
 
 
 def _set_common_options(sock, linger_ms):
@@ -131,7 +131,7 @@ class RpcServer:
                 log.error("rpc %s: receive failed: %s", self.endpoint, exc)
                 return
             self._dispatch(identity, payload)
-            if self._sock is None or not _has_input(sock):
+            if self._sock is None or not _events(sock, _POLLIN):
                 return
         self._loop.call_soon(self._on_readable)
 
@@ -239,7 +239,7 @@ class RpcServer:
 
     def _recheck_now(self):
         self._recheck_pending = False
-        if self._sock is not None and _has_input(self._sock):   # rarely: ask first
+        if self._sock is not None and _events(self._sock, _POLLIN):   # rarely: ask first
             self._on_readable()
 
     def _error_reply(self, req_id, method, fn, args, kwargs, exc):
@@ -305,6 +305,7 @@ class AsyncRpcClient:
         self._ids = itertools.count(1)
         self._pending = {}           # request id -> future of the reply
         self._outbox = collections.deque()   # (data, future) of sends the socket did not take yet
+        self._pack = protocol.new_packer().pack     # the loop's thread only
         self._sock = None
         self._loop = None
         self._fd = None
@@ -325,7 +326,7 @@ class AsyncRpcClient:
         sock, pending = self._sock, self._pending
         while sock is not None:
             try:
-                events = sock.get(_EVENTS)
+                events = _events(sock, _POLLIN | _POLLOUT)
                 if events & _POLLOUT and self._outbox:
                     self._flush()
                 if not events & _POLLIN:
@@ -382,8 +383,8 @@ class AsyncRpcClient:
             req_id = next(self._ids)
             fut = loop.create_future()
             self._pending[req_id] = fut
-            data = protocol.pack(protocol.request(req_id, method, args, kwargs,
-                                                  time.time() + per_try_s))
+            data = self._pack(protocol.request(req_id, method, args, kwargs,
+                                               time.time() + per_try_s))
             deadline = loop.time() + per_try_s
             try:
                 if not self._send_now(data):  # no peer yet (IMMEDIATE), its queue full, or
