@@ -74,19 +74,41 @@ def rates_in_turns(fns, seconds, turns):
     return [statistics.median(out) for out in results]
 
 
-def parallel_rate(make_fn, clients, seconds):
-    counts = [0] * clients
+def parallel_rates_in_turns(makers, clients, seconds, turns):
+    """Calls per second of ``clients`` threads at once, for each of ``makers`` (``make(i)``
+    gives client i's call), the median of ``turns`` turns, the makers taking turns as in
+    rates_in_turns. Each client is made once, in a thread of its own, and kept for every turn
+    (a ZeroMQ socket may move between threads that start and join one another)."""
+    fns = []
+    for make in makers:
+        made = [None] * clients
+        builders = [threading.Thread(target=lambda i=i: made.__setitem__(i, make(i)))
+                    for i in range(clients)]
+        for t in builders:
+            t.start()
+        for t in builders:
+            t.join(30)
+        fns.append(made)
+    results = [[] for _ in makers]
+    for _ in range(turns):
+        for made, out in zip(fns, results):
+            out.append(_parallel_rate(made, seconds / turns))
+    return [statistics.median(out) for out in results]
+
+
+def _parallel_rate(fns, seconds):
+    counts = [0] * len(fns)
     stop = threading.Event()
-    barrier = threading.Barrier(clients + 1)
+    barrier = threading.Barrier(len(fns) + 1)
 
     def worker(i):
-        fn = make_fn(i)
+        fn = fns[i]
         barrier.wait()
         while not stop.is_set():
             fn()
             counts[i] += 1
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(fns))]
     for t in threads:
         t.start()
     barrier.wait()
@@ -222,8 +244,9 @@ def main():
             args.seconds, args.turns)
 
         print(f"xapi-db benchmark ({args.seconds:g} s per figure, {os.cpu_count()} cores)")
-        print(f"  single-client reads: median of {args.turns} turns of "
-              f"{args.seconds / args.turns * 1000:.0f} ms, taken in turn with each peer")
+        print(f"  reads: median of {args.turns} turns of {args.seconds / args.turns * 1000:.0f} ms, "
+              f"writes: of {WRITE_TURNS} turns of {args.seconds / WRITE_TURNS * 1000:.0f} ms, "
+              "each taken in turn with its peers")
         line("read_field, 1 client (calls/s)", reads, "calls/s", "pyzmq echo, same size", echo_rate,
              "goal >= 0.6x", reads >= 0.6 * echo_rate)
         line("read_field, 1 client (calls/s)", reads, "calls/s", "redis-py GET", redis_get,
@@ -240,13 +263,13 @@ def main():
             counter = iter(range(10**9))
             return lambda: c.call("db.write_field", "VM", ref, "name_description",
                                   f"v{next(counter)}")
-        db_writes = parallel_rate(make_db_writer, 8, args.seconds)
 
         def make_redis_writer(i):
             rc = redis.Redis(host="127.0.0.1", port=rport)
             counter = iter(range(10**9))
             return lambda: rc.set(f"w{i}", f"v{next(counter)}")
-        redis_writes = parallel_rate(make_redis_writer, 8, args.seconds)
+        db_writes, redis_writes = parallel_rates_in_turns(
+            [make_db_writer, make_redis_writer], 8, args.seconds, WRITE_TURNS)
         line("durable writes, 8 clients", db_writes, "writes/s", "redis appendfsync always",
              redis_writes, "goal >= 1.0x", db_writes >= redis_writes)
 
@@ -272,6 +295,7 @@ def main():
 
 
 LOAD_REPEATS = 4
+WRITE_TURNS = 5
 
 
 def _timed(fn, *args):
