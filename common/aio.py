@@ -13,3 +13,16 @@ async def wait_event(event, timeout_s):
     finally:
         waiter.cancel()
     return event.is_set()
+
+
+async def wait_notified(condition, timeout_s):
+    """Wait on ``condition`` (held by the caller, and held again on return) until it is
+    notified or ``timeout_s`` passes; True if notified. asyncio.timeout rather than wait_for,
+    for the reason given at wait_event: a cancellation that comes with the timeout still
+    cancels."""
+    try:
+        async with asyncio.timeout(max(0.0, timeout_s)):
+            await condition.wait()
+    except TimeoutError:
+        return False
+    return True

@@ -9,6 +9,7 @@ import logging
 import time
 
 from common import dbconf, protocol
+from common.aio import wait_notified
 from common.fileutil import atomic_write
 from common.errors import XapiError
 from daemons.db import events as events_mod
@@ -197,11 +198,8 @@ class Engine:
                         "token": events_mod.make_token(db_generation, message_generation)}
             self._waiters += 1
             try:
-                async with self._changed:
-                    try:
-                        await asyncio.wait_for(self._changed.wait(), left)
-                    except asyncio.TimeoutError:
-                        pass
+                async with self._changed:     # woken by a commit, or the deadline: look again
+                    await wait_notified(self._changed, left)
             finally:
                 self._waiters -= 1
 

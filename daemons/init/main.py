@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from common import dbconf, inventory, license as license_mod, logconf, poolconf
+from common.aio import wait_event
 from common.daemon import EXIT_OK, Daemon
 from common.errors import ConfigError, XapiError
 from common.fileutil import atomic_write
@@ -202,10 +203,7 @@ class InitDaemon(Daemon):
                          "again", failures, delay_s)
         self.progress.set_state(self.progress.data.get("state", pr.RUN_STARTING),
                                 retry_in_s=delay_s)
-        try:
-            await asyncio.wait_for(self._stop.wait(), delay_s)
-        except asyncio.TimeoutError:
-            pass
+        await wait_event(self._stop, delay_s)     # a stop ends the back-off at once
 
     def _count_failure(self, code):
         if code == EXIT_RESTART_ME:
