@@ -34,8 +34,6 @@ _RCVTIMEO_SLACK_MS = 20
 _send = zmq.backend.Socket.send
 # Results that are surely not awaitable, told without inspect.isawaitable's isinstance checks.
 _PLAIN_RESULTS = frozenset((type(None), bool, int, float, str, bytes, list, dict, tuple))
-_VERSION = protocol.PROTOCOL_VERSION
-_NO_KWARGS = {}     # never changed: methods take keyword arguments as **kwargs (a copy)
 
 
 def _events(sock, wanted):
@@ -144,23 +142,12 @@ class RpcServer:
         log.warning("rpc %s: dropped a message of %d frames (expected 2)", self.endpoint, frames)
 
     def _dispatch(self, identity, payload):
-        # The request decoded and checked in line, the shape every client of ours sends
-        # first (no keyword arguments, a float deadline); anything else takes the checked
-        # path, which names what is wrong.
         req_id = None
         try:
             msg = protocol.unpack(payload)
-            if type(msg) is not dict:
-                raise ValueError("request is not a map")
-            req_id = msg.get("id")
-            version, method, args, deadline = msg.get("v"), msg.get("m"), msg.get("a"), \
-                msg.get("dl")
-            if type(version) is int and version == _VERSION and type(method) is str and method \
-                    and type(args) is list and msg.get("kw", _NO_KWARGS) == _NO_KWARGS \
-                    and type(deadline) is float:
-                kwargs = _NO_KWARGS
-            else:
-                req_id, method, args, kwargs, deadline = protocol.check_request(msg)
+            if type(msg) is dict:
+                req_id = msg.get("id")       # for the error reply, should the check fail
+            req_id, method, args, kwargs, deadline = protocol.check_request(msg)
         except ValueError as exc:
             self.errors["decode"] += 1
             log.warning("rpc %s: bad request: %s", self.endpoint, exc)

@@ -3,6 +3,7 @@ in a short temp dir: results and errors, concurrent calls matched by id, a serve
 late, a lost reply (a read is sent again, a write is not), the deadline, and close."""
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -22,6 +23,19 @@ def server_with(endpoint, methods):
     return server
 
 
+@contextlib.asynccontextmanager
+async def serving_with_client(endpoint, methods, timeout_s):
+    """A started server of ``methods`` and a DbClient on it, both closed at the end."""
+    server = server_with(endpoint, methods)
+    server.start()
+    client = DbClient(endpoint, timeout_s=timeout_s)
+    try:
+        yield client
+    finally:
+        client.close()
+        await server.close()
+
+
 def raise_handle_invalid(cls, ref):
     raise XapiError("HANDLE_INVALID", cls, ref)
 
@@ -32,11 +46,9 @@ def test_results_errors_and_concurrent_calls(endpoint):
         return value
 
     async def main():
-        server = server_with(endpoint, {"db.read_record": lambda cls, ref: {"cls": cls, "ref": ref},
-                                        "db.bad": raise_handle_invalid, "db.echo": slow_echo})
-        server.start()
-        client = DbClient(endpoint, timeout_s=5)
-        try:
+        methods = {"db.read_record": lambda cls, ref: {"cls": cls, "ref": ref},
+                   "db.bad": raise_handle_invalid, "db.echo": slow_echo}
+        async with serving_with_client(endpoint, methods, timeout_s=5) as client:
             assert await client.call("db.read_record", "VM", "r") == {"cls": "VM", "ref": "r"}
             with pytest.raises(XapiError) as err:
                 await client.call("db.bad", "VM", "x")
@@ -46,9 +58,6 @@ def test_results_errors_and_concurrent_calls(endpoint):
                                          for i in range(5)))
             assert got == list(range(5))
             assert not client._pending
-        finally:
-            client.close()
-            await server.close()
     run(main())
 
 
@@ -78,21 +87,15 @@ def test_a_lost_reply_a_read_is_sent_again_a_write_is_not(endpoint):
         return name
 
     async def main():
-        server = server_with(endpoint, {
-            "db.read_field": lambda *a: forgetful("db.read_field"),
-            "db.write_field": lambda *a: forgetful("db.write_field")})
-        server.start()
-        client = DbClient(endpoint, timeout_s=0.6)
-        try:
+        methods = {"db.read_field": lambda *a: forgetful("db.read_field"),
+                   "db.write_field": lambda *a: forgetful("db.write_field")}
+        async with serving_with_client(endpoint, methods, timeout_s=0.6) as client:
             assert await client.call("db.read_field", "VM", "r", "f") == "db.read_field"
             assert seen["db.read_field"] == 2
             with pytest.raises(RpcTimeout):
                 await client.call("db.write_field", "VM", "r", "f", 1)
             assert seen["db.write_field"] == 1
             assert not client._pending
-        finally:
-            client.close()
-            await server.close()
     run(main())
 
 
